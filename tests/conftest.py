@@ -1,0 +1,46 @@
+"""Shared test settings and the toy model every model test uses.
+
+XLA's CPU backend spends most of a small program's compile time in LLVM
+optimisation; tests trade that for faster compiles (results are unaffected
+beyond float rounding, which every tolerance here allows for).
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from varrl_jax.config import base_config  # noqa: E402
+
+
+def toy_config():
+  """16x32 images, 4x downsampling, 3 scales (2 + 8 + 32 = 42 tokens)."""
+  c = base_config()
+  c.image_size = (16, 32)
+  c.scales = ((1, 2), (2, 4), (4, 8))
+  c.tokenizer.downsample = 4
+  c.tokenizer.channels = (8, 16, 16)
+  c.tokenizer.latent_dim = 8
+  c.tokenizer.codebook_size = 64
+  c.model.num_layers = 2
+  c.model.d_model = 32
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.mlp_dim = 64
+  c.model.text_len = 40
+  return c
+
+
+@pytest.fixture(scope='session')
+def toy():
+  """(config, model, params) of the toy model, built once per session."""
+  from varrl_jax.models.var import build_model
+
+  config = toy_config()
+  model = build_model(config)
+  params = model.init(jax.random.key(0))
+  return config, model, params

@@ -1,0 +1,137 @@
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import toy_config
+from varrl_jax.models import text
+from varrl_jax.models.attention import block_causal_mask
+from varrl_jax.models.var import build_model
+
+PROMPTS = ["a sign that reads 'OPEN'", "a poster that reads 'HOT' and 'CAFE'"]
+
+
+def _logits(model, params, tokens, prompts=PROMPTS):
+  ids, mask = text.encode(prompts, model.cfg.text_len)
+  return _forward(model, params, ids, mask, tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, ids, mask, tokens):
+  inputs = model.teacher_inputs(params, tokens)
+  return model.transformer.apply(params['transformer'], ids, mask, inputs)
+
+
+def _random_tokens(model, seed, batch=2):
+  return jax.random.randint(
+    jax.random.key(seed), (batch, model.schedule.num_tokens), 0, model.cfg.vocab_size
+  )
+
+
+@pytest.mark.parametrize('s', [0, 1])
+def test_block_causal_changing_scale_s_only_changes_later_scales(toy, s):
+  _, model, params = toy
+  sched = model.schedule
+  tokens = _random_tokens(model, 0)
+  start, end = sched.span(s)
+  changed = tokens.at[:, start:end].set(
+    (tokens[:, start:end] + 7) % model.cfg.vocab_size
+  )
+  a, b = _logits(model, params, tokens), _logits(model, params, changed)
+  upto = sched.offsets[s + 1]
+  np.testing.assert_array_equal(a[:, :upto], b[:, :upto])
+  diff = np.abs(np.asarray(a[:, upto:] - b[:, upto:])).max(axis=-1)
+  # Every token of every later scale sees the change.
+  assert (diff > 0).all()
+
+
+def test_last_scale_tokens_change_no_logits(toy):
+  _, model, params = toy
+  tokens = _random_tokens(model, 1)
+  start, _ = model.schedule.span(model.schedule.num_scales - 1)
+  changed = tokens.at[:, start:].set(0)
+  np.testing.assert_array_equal(
+    _logits(model, params, tokens), _logits(model, params, changed)
+  )
+
+
+def test_prompt_conditions_every_scale_and_padding_is_ignored(toy):
+  _, model, params = toy
+  tokens = _random_tokens(model, 2)
+  a = _logits(model, params, tokens)
+  b = _logits(model, params, tokens, ["a sign that reads 'SHUT'", PROMPTS[1]])
+  assert (np.abs(np.asarray(a[0] - b[0])).max(-1) > 0).all()
+  np.testing.assert_array_equal(a[1], b[1])
+  # Garbage in padded text positions changes nothing.
+  ids, mask = text.encode(PROMPTS, model.cfg.text_len)
+  noisy = np.where(mask, ids, 77)
+  c = _forward(model, params, noisy, mask, tokens)
+  np.testing.assert_allclose(a, c, atol=1e-6)
+
+
+def test_mask_definition():
+  q_seg = jnp.array([0, 0, 1, 2, 2])
+  valid = jnp.array([[True, False, True, True, True]])
+  m = np.asarray(block_causal_mask(q_seg, q_seg, valid))[0]
+  expected = np.array(
+    [
+      [1, 0, 0, 0, 0],
+      [1, 0, 0, 0, 0],
+      [1, 0, 1, 0, 0],
+      [1, 0, 1, 1, 1],
+      [1, 0, 1, 1, 1],
+    ],
+    bool,
+  )
+  np.testing.assert_array_equal(m, expected)
+
+
+def test_every_parameter_has_logical_axis_names(toy):
+  _, model, _ = toy
+  boxed = jax.eval_shape(model.init_boxed, jax.random.key(0))['transformer']
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.Partitioned), type(leaf)
+    assert len(leaf.names) == len(leaf.value.shape)
+  specs = nn.get_partition_spec(boxed)
+  layer_q = specs['params']['layers']['q']['kernel']
+  assert tuple(layer_q) == ('layers', 'embed', 'heads', 'kv')
+  assert tuple(specs['params']['head']['kernel']) == ('embed', 'vocab')
+
+
+def test_gqa_shapes_and_validation(toy):
+  _, model, params = toy
+  layers = params['transformer']['params']['layers']
+  cfg = model.cfg
+  assert layers['q']['kernel'].shape == (2, cfg.d_model, 4, cfg.head_dim)
+  assert layers['k']['kernel'].shape == (2, cfg.d_model, 2, cfg.head_dim)
+  c = toy_config()
+  c.model.num_kv_heads = 3
+  with pytest.raises(
+    ValueError, match='num_heads=4 must be a multiple of config.model.num_kv_heads=3'
+  ):
+    build_model(c)
+
+
+def test_remat_gives_the_same_gradients(toy):
+  config, model, params = toy
+  c = toy_config()
+  c.model.remat = 'full'
+  remat_model = build_model(c)
+  tokens = _random_tokens(model, 3)
+  ids, mask = text.encode(PROMPTS, model.cfg.text_len)
+  inputs = model.teacher_inputs(params, tokens)
+
+  def loss(p, m):
+    return jnp.mean(m.transformer.apply(p, ids, mask, inputs) ** 2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g1 = grad(params['transformer'], model)
+  g2 = grad(params['transformer'], remat_model)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2
+  )

@@ -1,0 +1,161 @@
+"""The KV-cached sampler and the teacher-forced log-probs that must match it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from varrl_jax import sampling
+from varrl_jax.models import text
+from varrl_jax.policy import SamplingOptions
+
+PROMPTS = ["a sign that reads 'OPEN'", "a poster that reads 'HOT'", "a label: 'TEA'"]
+PAPER = SamplingOptions(cfg_scale=5.0, top_k=2, top_p=0.9)  # the paper's rollouts
+
+
+def _prompts(model, prompts=PROMPTS):
+  return text.encode(prompts, model.cfg.text_len)
+
+
+@pytest.fixture(scope='module')
+def samplers(toy):
+  _, model, _ = toy
+  return {
+    'plain': sampling.Sampler(model, SamplingOptions()),
+    'paper': sampling.Sampler(model, PAPER),
+    'cond': sampling.Sampler(
+      model,
+      SamplingOptions(
+        cfg_scale=3.0, policy='cond', temperature=0.7, cfg_schedule='linear'
+      ),
+    ),
+  }
+
+
+@pytest.mark.parametrize('name', ['plain', 'paper', 'cond'])
+def test_teacher_forced_logprobs_equal_sampler_logprobs(toy, samplers, name):
+  _, model, params = toy
+  s = samplers[name]
+  ids, mask = _prompts(model)
+  out = s.sample(params, ids, mask, jax.random.key(3))
+  lp = sampling.logprobs(model, params, ids, mask, out.tokens, s.opts)
+  assert lp.shape == out.tokens.shape == (3, model.schedule.num_tokens)
+  assert float(jnp.abs(lp - out.logprobs).max()) <= 1e-4
+  assert bool(jnp.all(out.logprobs <= 0))
+
+
+def test_outputs_shapes_and_scale_index(toy, samplers):
+  _, model, params = toy
+  ids, mask = _prompts(model)
+  out = samplers['paper'].sample(params, ids, mask, jax.random.key(0))
+  assert out.tokens.dtype == jnp.int32
+  assert int(out.tokens.max()) < model.cfg.vocab_size
+  np.testing.assert_array_equal(out.scale_index, model.schedule.scale_index)
+  assert out.images.shape == (3, 16, 32, 3) and out.images.dtype == jnp.uint8
+  # Images are the decoding of the returned tokens.
+  np.testing.assert_array_equal(out.images, model.decode_tokens(params, out.tokens))
+
+
+def test_same_key_same_images_and_no_retrace(toy, samplers):
+  _, model, params = toy
+  s = samplers['paper']
+  ids, mask = _prompts(model)
+  a = s.sample(params, ids, mask, jax.random.key(5))
+  traces = s.trace_count
+  b = s.sample(params, ids, mask, jax.random.key(5))
+  c = s.sample(params, ids, mask, jax.random.key(6))
+  assert s.trace_count == traces, 'same shapes must not retrace'
+  np.testing.assert_array_equal(a.images, b.images)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_kv_cache_matches_recompute(toy, samplers):
+  _, model, params = toy
+  s = samplers['paper']
+  ids, mask = _prompts(model)
+  a = s.sample(params, ids, mask, jax.random.key(9))
+  b = s.sample_recompute(params, ids, mask, jax.random.key(9))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_branch_shares_the_prefix_and_matches_teacher_forcing(toy, samplers):
+  _, model, params = toy
+  s = samplers['paper']
+  ids, mask = _prompts(model)
+  m, k = 1, 2
+  state = s.sample_prefix(params, ids, mask, jax.random.key(1), m)
+  full = s.sample(params, ids, mask, jax.random.key(1))
+  split = model.schedule.offsets[m + 1]
+  # The prefix is the full sampler's first m + 1 scales.
+  np.testing.assert_array_equal(state.tokens[:, :split], full.tokens[:, :split])
+  out = s.branch(params, state, jax.random.key(2), m, k)
+  assert out.tokens.shape == (3 * k, model.schedule.num_tokens)
+  prefix = np.asarray(out.tokens[:, :split]).reshape(3, k, -1)
+  for b in range(3):
+    for j in range(k):
+      np.testing.assert_array_equal(prefix[b, j], state.tokens[b, :split])
+  suffix = np.asarray(out.tokens[:, split:]).reshape(3, k, -1)
+  assert not np.array_equal(suffix[:, 0], suffix[:, 1]), 'branches must differ'
+  lp = sampling.logprobs(
+    model, params, np.repeat(ids, k, 0), np.repeat(mask, k, 0), out.tokens, s.opts
+  )
+  assert float(jnp.abs(lp - out.logprobs).max()) <= 1e-4
+
+
+def test_branch_validates_arguments(toy, samplers):
+  _, model, params = toy
+  s = samplers['plain']
+  ids, mask = _prompts(model)
+  with pytest.raises(ValueError, match=r'split scale m=3 out of range \[0, 2\]'):
+    s.sample_prefix(params, ids, mask, jax.random.key(0), 3)
+  state = s.sample_prefix(params, ids, mask, jax.random.key(0), 0)
+  with pytest.raises(ValueError, match='num_branches must be >= 1'):
+    s.branch(params, state, jax.random.key(0), 0, 0)
+
+
+def test_filter_logits_top_k_and_top_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  k2 = sampling.filter_logits(logits, 2, 1.0)
+  assert (
+    np.isfinite(np.asarray(k2)).tolist() == [[True, True, False, False]]
+    or (np.asarray(k2)[0, 2:] < -1e30).all()
+  )
+  kept = lambda x: (np.asarray(x)[0] > -1e30).tolist()  # noqa: E731
+  assert kept(k2) == [True, True, False, False]
+  # Nucleus: 0.5 < 0.7 so the 0.3 token joins; 0.8 >= 0.7 stops before 0.15.
+  assert kept(sampling.filter_logits(logits, 0, 0.7)) == [True, True, False, False]
+  assert kept(sampling.filter_logits(logits, 0, 0.81)) == [True, True, True, False]
+  assert kept(sampling.filter_logits(logits, 0, 0.1)) == [True, False, False, False]
+  assert kept(sampling.filter_logits(logits, 0, 1.0)) == [True] * 4
+  # Truncation never leaves an empty set; draws stay inside the kept set.
+  draws = jax.vmap(lambda k: sampling.draw(k, jnp.tile(logits, (64, 1)), PAPER))(
+    jax.random.split(jax.random.key(0), 4)
+  )
+  assert set(np.unique(np.asarray(draws)).tolist()) <= {0, 1}
+
+
+def test_greedy_is_argmax(toy):
+  _, model, params = toy
+  s = sampling.Sampler(model, SamplingOptions(temperature=0.0))
+  ids, mask = _prompts(model)
+  a = s.sample(params, ids, mask, jax.random.key(0))
+  b = s.sample(params, ids, mask, jax.random.key(1))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  logits = sampling.logprobs(model, params, ids, mask, a.tokens, s.opts)
+  assert logits.shape == a.tokens.shape
+
+
+@pytest.mark.parametrize(
+  'kw, message',
+  [
+    ({'policy': 'guided'}, "config.sampling.policy must be 'cfg' or 'cond'"),
+    ({'top_p': 0.0}, r'config.sampling.top_p must be in \(0, 1\]'),
+    ({'temperature': -1.0}, 'config.sampling.temperature must be >= 0'),
+    ({'cfg_schedule': 'cosine'}, 'config.sampling.cfg_schedule'),
+  ],
+)
+def test_bad_options(kw, message):
+  with pytest.raises(ValueError, match=message):
+    SamplingOptions(**kw)

@@ -1,0 +1,331 @@
+"""Decoder-only next-scale transformer: text prefix, then all image scales.
+
+Sequence ``[text (T_t, padded) | scale 0 | ... | scale S-1]`` with block-causal
+attention (`attention.py`). The input of scale 0 is a learned start vector;
+the input of scale s > 0 is the tokenizer's f_hat accumulated over scales < s,
+area-resized to (h_s, w_s) and projected from the latent width to d_model.
+The hidden state at a token of scale s predicts that token's codebook id, so
+the logits of scale s depend on the tokens of scales < s only.
+
+Positions: learned text positions, learned per-token image positions (one per
+cell of every grid, VAR style) and a learned scale embedding. Blocks:
+pre-RMSNorm, grouped-query attention, SwiGLU MLP, scanned over layers (one
+compiled block whatever the depth) with optional rematerialisation.
+
+Three entry points share the weights (called with ``module.apply(...,
+method=...)``): `__call__` (teacher-forced pass over the first ``num_scales``
+scales), `prefill` (text into a KV cache) and `step` (one scale against the
+cache). Every parameter carries logical axis names (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import text as text_lib
+from varrl_jax.models.schedule import ScaleSchedule
+
+Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: [layers, B, T_t + L, G, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static hyper-parameters (hashable: usable as a jit static argument)."""
+
+  schedule: ScaleSchedule
+  vocab_size: int
+  latent_dim: int
+  text_len: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  text_vocab_size: int = text_lib.VOCAB_SIZE
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = 'none'  # 'none' | 'full' | 'dots'
+  attention: str = 'plain'
+  norm_eps: float = 1e-6
+
+  @property
+  def seq_len(self) -> int:
+    return self.text_len + self.schedule.num_tokens
+
+
+def _init(init_fn, *names):
+  return nn.with_logical_partitioning(init_fn, names)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param(
+      'scale', _init(nn.initializers.ones, 'embed'), (x.shape[-1],), self.param_dtype
+    )
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def _dense(features, axes_in, axes_out, cfg: TransformerConfig, name: str, axis=-1):
+  return nn.DenseGeneral(
+    features=features,
+    axis=axis,
+    use_bias=False,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    kernel_init=_init(nn.initializers.lecun_normal(), *axes_in, *axes_out),
+    name=name,
+  )
+
+
+class Block(nn.Module):
+  """Pre-norm GQA attention + SwiGLU; the unit scanned over layers.
+
+  ``cache_offset`` (a static int) None: no cache (teacher-forced pass).
+  Otherwise the block writes its keys/values at [offset, offset + T) of the
+  layer's cache and attends over the cache prefix [0, offset + T).
+  """
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, q_seg, k_seg, k_valid, cache_offset=None):
+    cfg = self.cfg
+    h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='attn_norm')(x)
+    q = _dense((cfg.num_heads, cfg.head_dim), ('embed',), ('heads', 'kv'), cfg, 'q')(h)
+    k = _dense(
+      (cfg.num_kv_heads, cfg.head_dim), ('embed',), ('kv_heads', 'kv'), cfg, 'k'
+    )(h)
+    v = _dense(
+      (cfg.num_kv_heads, cfg.head_dim), ('embed',), ('kv_heads', 'kv'), cfg, 'v'
+    )(h)
+    if cache_offset is not None:
+      start, end = cache_offset, cache_offset + x.shape[1]
+      ck = jax.lax.dynamic_update_slice(
+        layer_cache['k'], k.astype(layer_cache['k'].dtype), (0, start, 0, 0)
+      )
+      cv = jax.lax.dynamic_update_slice(
+        layer_cache['v'], v.astype(layer_cache['v'].dtype), (0, start, 0, 0)
+      )
+      layer_cache = {'k': ck, 'v': cv}
+      k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
+    o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
+    x = x + _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))(o)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+    h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='mlp_norm')(x)
+    gate = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_gate')(h)
+    up = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_up')(h)
+    x = x + _dense(cfg.d_model, ('mlp',), ('embed',), cfg, 'wo')(nn.silu(gate) * up)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return x, layer_cache
+
+
+def _scanned_blocks(cfg: TransformerConfig):
+  """All blocks as one scanned module: params and caches stacked on axis 0."""
+  block = Block
+  if cfg.remat != 'none':
+    policy = {
+      'full': None,
+      'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    }[cfg.remat]
+    # static_argnums counts `self` as 0: 6 is cache_offset.
+    block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(6,))
+  return nn.scan(
+    block,
+    variable_axes={'params': 0},
+    split_rngs={'params': True},
+    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+    out_axes=0,
+    length=cfg.num_layers,
+    metadata_params={nn.PARTITION_NAME: 'layers'},
+  )(cfg, name='layers')
+
+
+class NextScaleTransformer(nn.Module):
+  """See the module docstring. Logits are float32."""
+
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    emb = nn.initializers.normal(0.02)
+    self.text_embed = self.param(
+      'text_embed',
+      _init(emb, 'text_vocab', 'embed'),
+      (cfg.text_vocab_size, cfg.d_model),
+      cfg.param_dtype,
+    )
+    self.text_pos = self.param(
+      'text_pos',
+      _init(emb, 'text_length', 'embed'),
+      (cfg.text_len, cfg.d_model),
+      cfg.param_dtype,
+    )
+    self.image_pos = self.param(
+      'image_pos',
+      _init(emb, 'image_length', 'embed'),
+      (cfg.schedule.num_tokens, cfg.d_model),
+      cfg.param_dtype,
+    )
+    self.scale_embed = self.param(
+      'scale_embed',
+      _init(emb, 'scales', 'embed'),
+      (cfg.schedule.num_scales, cfg.d_model),
+      cfg.param_dtype,
+    )
+    self.start = self.param(
+      'start', _init(emb, 'embed'), (cfg.d_model,), cfg.param_dtype
+    )
+    self.word_proj = nn.Dense(
+      cfg.d_model,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      kernel_init=_init(nn.initializers.lecun_normal(), 'latent', 'embed'),
+      bias_init=_init(nn.initializers.zeros, 'embed'),
+      name='word_proj',
+    )
+    self.layers = _scanned_blocks(cfg)
+    self.final_norm = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype)
+    self.head = nn.Dense(
+      cfg.vocab_size,
+      use_bias=False,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      kernel_init=_init(nn.initializers.normal(0.02), 'embed', 'vocab'),
+      name='head',
+    )
+
+  # -- embeddings -----------------------------------------------------------
+
+  def _embed_text(self, text_ids):
+    x = jnp.take(self.text_embed, text_ids, axis=0) + self.text_pos[None]
+    return x.astype(self.cfg.dtype)
+
+  def _embed_image(self, inputs_blc, first: int, last: int):
+    """Token inputs of scales [first, last): [B, n, C] -> [B, n, d]."""
+    sched = self.cfg.schedule
+    start, end = int(sched.offsets[first]), int(sched.offsets[last])
+    x = self.word_proj(inputs_blc.astype(self.cfg.dtype))
+    if first == 0:
+      n0 = int(sched.counts[0])
+      start_vec = jnp.broadcast_to(
+        self.start.astype(x.dtype), (x.shape[0], n0, x.shape[2])
+      )
+      x = jnp.concatenate([start_vec, x[:, n0:]], axis=1)
+    scale_ids = sched.scale_index[start:end]
+    x = (
+      x
+      + self.image_pos[start:end][None]
+      + jnp.take(self.scale_embed, scale_ids, axis=0)[None]
+    )
+    return x.astype(self.cfg.dtype)
+
+  def _logits(self, x):
+    return self.head(self.final_norm(x)).astype(jnp.float32)
+
+  def _image_segments(self, first: int, last: int) -> np.ndarray:
+    sched = self.cfg.schedule
+    return sched.scale_index[sched.offsets[first] : sched.offsets[last]] + 1
+
+  # -- entry points ---------------------------------------------------------
+
+  def __call__(self, text_ids, text_mask, inputs_blc, num_scales: int | None = None):
+    """Teacher-forced logits [B, L_p, V] for the first ``num_scales`` scales.
+
+    ``inputs_blc`` [B, L_p, C]: the next-scale inputs of those scales (the
+    slots of scale 0 are ignored and replaced by the start vector).
+    """
+    cfg = self.cfg
+    num_scales = cfg.schedule.num_scales if num_scales is None else num_scales
+    x = jnp.concatenate(
+      [self._embed_text(text_ids), self._embed_image(inputs_blc, 0, num_scales)], axis=1
+    )
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    seg = np.concatenate(
+      [np.zeros(cfg.text_len, np.int32), self._image_segments(0, num_scales)]
+    )
+    valid = jnp.concatenate(
+      [text_mask, jnp.ones((x.shape[0], x.shape[1] - cfg.text_len), bool)], axis=1
+    )
+    seg = jnp.asarray(seg)
+    x, _ = self.layers(x, None, seg, seg, valid, None)
+    return self._logits(x[:, cfg.text_len :])
+
+  def prefill(self, text_ids, text_mask, cache: Cache) -> Cache:
+    """Writes the prompt's keys/values at [0, T_t) of the cache."""
+    seg = jnp.zeros((self.cfg.text_len,), jnp.int32)
+    _, cache = self.layers(self._embed_text(text_ids), cache, seg, seg, text_mask, 0)
+    return cache
+
+  def step(self, inputs_bnc, s: int, text_mask, cache: Cache):
+    """Logits [B, n_s, V] of scale s from its inputs; appends to the cache."""
+    cfg = self.cfg
+    sched = cfg.schedule
+    x = self._embed_image(inputs_bnc, s, s + 1)
+    offset = cfg.text_len + int(sched.offsets[s])
+    q_seg = jnp.full((x.shape[1],), s + 1, jnp.int32)
+    k_seg = jnp.asarray(
+      np.concatenate([np.zeros(cfg.text_len, np.int32), self._image_segments(0, s + 1)])
+    )
+    k_valid = jnp.concatenate(
+      [text_mask, jnp.ones((x.shape[0], int(sched.offsets[s + 1])), bool)], axis=1
+    )
+    x, cache = self.layers(x, cache, q_seg, k_seg, k_valid, offset)
+    return self._logits(x), cache
+
+
+def init_cache(cfg: TransformerConfig, batch: int, dtype=None) -> Cache:
+  """An empty KV cache for ``batch`` sequences: [layers, B, T_t + L, G, D]."""
+  shape = (cfg.num_layers, batch, cfg.seq_len, cfg.num_kv_heads, cfg.head_dim)
+  dtype = cfg.dtype if dtype is None else dtype
+  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+
+
+def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+  """The static transformer config from the full config (``config.model``)."""
+  mc = config.model
+  schedule = ScaleSchedule.create(
+    config.scales, config.image_size, config.tokenizer.downsample
+  )
+  head_dim = mc.head_dim or mc.d_model // mc.num_heads
+  if mc.num_heads % mc.num_kv_heads:
+    raise ValueError(
+      f'config.model.num_heads={mc.num_heads} must be a multiple of '
+      f'config.model.num_kv_heads={mc.num_kv_heads}'
+    )
+  if mc.remat not in ('none', 'full', 'dots'):
+    raise ValueError(
+      f"config.model.remat must be 'none', 'full' or 'dots', got {mc.remat!r}"
+    )
+  return TransformerConfig(
+    schedule=schedule,
+    vocab_size=config.tokenizer.codebook_size,
+    latent_dim=config.tokenizer.latent_dim,
+    text_len=mc.text_len,
+    num_layers=mc.num_layers,
+    d_model=mc.d_model,
+    num_heads=mc.num_heads,
+    num_kv_heads=mc.num_kv_heads,
+    head_dim=head_dim,
+    mlp_dim=mc.mlp_dim,
+    dtype=jnp.dtype(mc.dtype),
+    param_dtype=jnp.dtype(mc.param_dtype),
+    remat=mc.remat,
+    attention=mc.attention,
+  )

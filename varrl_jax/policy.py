@@ -1,0 +1,141 @@
+"""The policy distribution pi(token | prompt, coarser scales) and its log-probs.
+
+Classifier-free guidance mixes conditional and unconditional logits,
+
+    l_guided = l_uncond + w_s (l_cond - l_uncond),
+
+with ``w_s = w`` (``cfg_schedule='constant'``) or ``w_s = 1 + (w - 1) s / (S-1)``
+(``'linear'``, VAR's ramp). Which distribution is "the policy" for RL is the
+``policy`` option:
+
+- ``cfg``: log_softmax(l_guided / T), T the rollout temperature: exactly the
+  distribution CFG rollouts draw from before truncation (on-policy);
+- ``cond``: log_softmax(l_cond / T): conditional logits only, half the cost.
+
+Top-k / top-p truncation is never part of the log-prob: it only decides which
+tokens may be drawn. With temperature 0 (greedy) the log-prob uses T = 1.
+
+`logprobs` is the teacher-forced pass: one forward over all scales that must
+reproduce the sampler's log-probs of the sampled tokens, which is what makes
+the GRPO ratio exactly 1 on the first inner update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from varrl_jax.models import text as text_lib
+from varrl_jax.models.var import VarModel
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """Rollout and policy settings (hashable; paper rollouts: CFG 5, top-k 2, top-p 0.9)."""
+
+  cfg_scale: float = 1.0
+  cfg_schedule: str = 'constant'
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  policy: str = 'cfg'
+
+  def __post_init__(self):
+    if self.cfg_schedule not in ('constant', 'linear'):
+      raise ValueError(
+        f"config.sampling.cfg_schedule must be 'constant' or 'linear', "
+        f'got {self.cfg_schedule!r}'
+      )
+    if self.policy not in ('cfg', 'cond'):
+      raise ValueError(
+        f"config.sampling.policy must be 'cfg' or 'cond', got {self.policy!r}"
+      )
+    if self.temperature < 0:
+      raise ValueError(
+        f'config.sampling.temperature must be >= 0, got {self.temperature}'
+      )
+    if self.top_k < 0:
+      raise ValueError(f'config.sampling.top_k must be >= 0, got {self.top_k}')
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'config.sampling.top_p must be in (0, 1], got {self.top_p}')
+
+  @classmethod
+  def from_config(cls, sc: ml_collections.ConfigDict) -> SamplingOptions:
+    return cls(
+      cfg_scale=float(sc.cfg_scale),
+      cfg_schedule=sc.cfg_schedule,
+      temperature=float(sc.temperature),
+      top_k=int(sc.top_k),
+      top_p=float(sc.top_p),
+      policy=sc.policy,
+    )
+
+  @property
+  def uses_uncond(self) -> bool:
+    """Whether rollouts need the unconditional branch at all."""
+    return self.cfg_scale != 1.0
+
+  @property
+  def logprob_temperature(self) -> float:
+    return self.temperature if self.temperature > 0 else 1.0
+
+  def guidance(self, s: int, num_scales: int) -> float:
+    """w_s of scale s."""
+    if self.cfg_schedule == 'linear' and num_scales > 1:
+      return 1.0 + (self.cfg_scale - 1.0) * s / (num_scales - 1)
+    return self.cfg_scale
+
+
+def with_null_prompt(text_ids, text_mask):
+  """[cond; uncond] stacked on the batch axis: [2B, T_t]."""
+  null_ids, null_mask = text_lib.null_prompt(text_ids.shape[0], text_ids.shape[1])
+  return (
+    jnp.concatenate([text_ids, jnp.asarray(null_ids)], axis=0),
+    jnp.concatenate([text_mask, jnp.asarray(null_mask)], axis=0),
+  )
+
+
+def guide(logits_cond, logits_uncond, w):
+  """l_uncond + w (l_cond - l_uncond)."""
+  return logits_uncond + w * (logits_cond - logits_uncond)
+
+
+def policy_logits(
+  model: VarModel,
+  params: dict,
+  text_ids,
+  text_mask,
+  tokens_bl,
+  opts: SamplingOptions,
+):
+  """Teacher-forced policy logits [B, L, V], already divided by T."""
+  inputs = model.teacher_inputs(params, tokens_bl)
+  if opts.uses_uncond and opts.policy == 'cfg':
+    ids2, mask2 = with_null_prompt(text_ids, text_mask)
+    inputs = jnp.concatenate([inputs, inputs], axis=0)
+    logits = model.transformer.apply(params['transformer'], ids2, mask2, inputs)
+    cond, uncond = jnp.split(logits, 2, axis=0)
+    sched = model.schedule
+    w = jnp.asarray(
+      [opts.guidance(s, sched.num_scales) for s in sched.scale_index], jnp.float32
+    )[None, :, None]
+    logits = guide(cond, uncond, w)
+  else:
+    logits = model.transformer.apply(params['transformer'], text_ids, text_mask, inputs)
+  return logits / opts.logprob_temperature
+
+
+def token_logprobs(logits_blv, tokens_bl):
+  """log_softmax(logits)[token], [B, L]."""
+  logp = jax.nn.log_softmax(logits_blv, axis=-1)
+  return jnp.take_along_axis(logp, tokens_bl[..., None], axis=-1)[..., 0]
+
+
+def logprobs(model: VarModel, params: dict, text_ids, text_mask, tokens_bl, opts):
+  """Teacher-forced log pi(token) of every image token, float32 [B, L]."""
+  return token_logprobs(
+    policy_logits(model, params, text_ids, text_mask, tokens_bl, opts), tokens_bl
+  )

@@ -1,0 +1,276 @@
+"""KV-cached next-scale sampler.
+
+One jitted program per call shape: prefill the prompt (and the null prompt
+when CFG is on) into a KV cache, then unroll all scales with static per-scale
+shapes. At scale s the input is f_hat (scales < s) area-resized to
+(h_s, w_s); the scale's logits come from one transformer pass over its n_s
+tokens against the cache; tokens are drawn from the guided logits at the
+rollout temperature after top-k / top-p truncation; the log-prob of every
+drawn token under the policy (`policy.py`) is kept; f_hat accumulates
+phi_s(bicubic(E[ids])).
+
+`sample_prefix` stops after scale m and returns the sampler state;
+`branch` repeats it K times (sharing the prefix cache) and continues the
+suffix: this is how VMR gets K suffix rollouts of one prefix.
+`sample_recompute` is the same sampler without a cache (the whole prefix is
+re-run at every scale); it is the reference for tests and benchmarks.
+
+Randomness: scale s draws with ``fold_in(key, s)``, so the same key gives the
+same images, and a prefix sampled once continues identically.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varrl_jax import policy as policy_lib
+from varrl_jax.models import transformer as tr_lib
+from varrl_jax.models.var import VarModel
+from varrl_jax.policy import SamplingOptions
+
+
+class SamplerState(NamedTuple):
+  """Everything needed to continue sampling after some scales."""
+
+  cache: tr_lib.Cache  # [layers, nb * B, T_t + L, G, D]; nb = 2 with CFG
+  text_mask: jnp.ndarray  # bool [nb * B, T_t]
+  f_hat: jnp.ndarray  # [B, h, w, C], sum of h_s over the scales done
+  tokens: jnp.ndarray  # int32 [B, L]; zeros past the scales done
+  logprobs: jnp.ndarray  # float32 [B, L]; policy log-probs of `tokens`
+
+
+class SampleOutput(NamedTuple):
+  tokens: jnp.ndarray  # int32 [B, L]
+  logprobs: jnp.ndarray  # float32 [B, L]
+  scale_index: np.ndarray  # int32 [L] (host constant)
+  images: jnp.ndarray  # uint8 [B, H, W, 3]
+
+
+def filter_logits(logits, top_k: int, top_p: float):
+  """Sets logits outside the top-k / nucleus (top-p) set to -inf.
+
+  top_k = 0 and top_p = 1 disable each filter. The nucleus keeps the smallest
+  set of highest-probability tokens whose mass reaches top_p (always >= 1).
+  """
+  neg = jnp.finfo(logits.dtype).min
+  if top_k > 0 and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, neg, logits)
+  return logits
+
+
+def draw(key, logits_bnv, opts: SamplingOptions):
+  """Draws token ids [B, n] from guided logits (temperature, top-k, top-p)."""
+  if opts.temperature == 0:
+    return jnp.argmax(logits_bnv, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits_bnv / opts.temperature, opts.top_k, opts.top_p)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _repeat_rows(x, k: int, groups: int, axis: int):
+  """Repeats each of B rows k times along `axis` inside each of `groups` blocks."""
+  shape = x.shape
+  x = x.reshape(*shape[:axis], groups, shape[axis] // groups, *shape[axis + 1 :])
+  x = jnp.repeat(x, k, axis=axis + 1)
+  return x.reshape(*shape[:axis], shape[axis] * k, *shape[axis + 1 :])
+
+
+class Sampler:
+  """Jitted sampling programs for one model and one set of options.
+
+  Each public method is compiled once per input shape (and per static m / K);
+  calling it again with the same shapes never retraces.
+  """
+
+  def __init__(self, model: VarModel, opts: SamplingOptions, cache_dtype=None):
+    self.model = model
+    self.opts = opts
+    self.cache_dtype = cache_dtype
+    self.trace_count = 0  # incremented at trace time; tests use it
+    self._sample = jax.jit(self._sample_impl)
+    self._prefix = jax.jit(self._prefix_impl, static_argnums=(4,))
+    self._branch = jax.jit(self._branch_impl, static_argnums=(3, 4))
+    self._recompute = jax.jit(self._recompute_impl)
+
+  # -- public API -------------------------------------------------------------
+
+  def sample(self, params, text_ids, text_mask, key) -> SampleOutput:
+    """Samples all scales and decodes: tokens, log-probs, images."""
+    tokens, logps, images = self._sample(params, text_ids, text_mask, key)
+    return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
+
+  def sample_prefix(self, params, text_ids, text_mask, key, m: int) -> SamplerState:
+    """Samples scales 0..m (inclusive) and returns the state to continue from."""
+    self._check_split(m)
+    return self._prefix(params, text_ids, text_mask, key, m)
+
+  def branch(self, params, state: SamplerState, key, m: int, num_branches: int):
+    """K suffix rollouts (scales m+1..S-1) of every prefix in ``state``.
+
+    Rows come out grouped by prefix: row ``b * K + k`` is branch k of prefix b.
+    All branches share the prefix tokens, log-probs and KV cache.
+    """
+    self._check_split(m)
+    if num_branches < 1:
+      raise ValueError(f'num_branches must be >= 1, got {num_branches}')
+    tokens, logps, images = self._branch(params, state, key, m, num_branches)
+    return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
+
+  def sample_recompute(self, params, text_ids, text_mask, key) -> SampleOutput:
+    """The same sampler without a KV cache (reference for tests/benchmarks)."""
+    tokens, logps, images = self._recompute(params, text_ids, text_mask, key)
+    return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
+
+  # -- programs ---------------------------------------------------------------
+
+  def _check_split(self, m: int) -> None:
+    num = self.model.schedule.num_scales
+    if not 0 <= m < num:
+      raise ValueError(f'split scale m={m} out of range [0, {num - 1}]')
+
+  def _start(self, params, text_ids, text_mask) -> SamplerState:
+    self.trace_count += 1
+    model, opts = self.model, self.opts
+    b = text_ids.shape[0]
+    if opts.uses_uncond:
+      text_ids, text_mask = policy_lib.with_null_prompt(text_ids, text_mask)
+    cache = tr_lib.init_cache(model.cfg, text_ids.shape[0], self.cache_dtype)
+    cache = model.transformer.apply(
+      params['transformer'],
+      text_ids,
+      text_mask,
+      cache,
+      method=tr_lib.NextScaleTransformer.prefill,
+    )
+    sched = model.schedule
+    return SamplerState(
+      cache=cache,
+      text_mask=text_mask,
+      f_hat=jnp.zeros((b, *sched.latent_size, model.cfg.latent_dim), jnp.float32),
+      tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
+      logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
+    )
+
+  def _scale_logits(self, logits_nbv, s: int):
+    """(guided logits to draw from, policy logits / T) of one scale."""
+    opts = self.opts
+    if not opts.uses_uncond:
+      return logits_nbv, logits_nbv / opts.logprob_temperature
+    cond, uncond = jnp.split(logits_nbv, 2, axis=0)
+    guided = policy_lib.guide(
+      cond, uncond, opts.guidance(s, self.model.schedule.num_scales)
+    )
+    pol = guided if opts.policy == 'cfg' else cond
+    return guided, pol / opts.logprob_temperature
+
+  def _emit(self, state: SamplerState, params, s: int, key, logits_nbv, cache):
+    """Draws scale s from its logits and updates tokens, log-probs and f_hat."""
+    model = self.model
+    guided, pol = self._scale_logits(logits_nbv, s)
+    ids = draw(jax.random.fold_in(key, s), guided, self.opts)
+    logp = policy_lib.token_logprobs(pol, ids)
+    start, _ = model.schedule.span(s)
+    b = ids.shape[0]
+    f_hat = state.f_hat + model.scale_residual(
+      params, ids.reshape(b, *model.schedule.grids[s]), s
+    )
+    return state._replace(
+      cache=cache,
+      f_hat=f_hat,
+      tokens=jax.lax.dynamic_update_slice(state.tokens, ids, (0, start)),
+      logprobs=jax.lax.dynamic_update_slice(state.logprobs, logp, (0, start)),
+    )
+
+  def _inputs(self, state: SamplerState, s: int):
+    x = self.model.next_input(state.f_hat, s)
+    return jnp.concatenate([x, x], axis=0) if self.opts.uses_uncond else x
+
+  def _run(self, params, state: SamplerState, key, first: int, last: int):
+    for s in range(first, last):
+      logits, cache = self.model.transformer.apply(
+        params['transformer'],
+        self._inputs(state, s),
+        s,
+        state.text_mask,
+        state.cache,
+        method=tr_lib.NextScaleTransformer.step,
+      )
+      state = self._emit(state, params, s, key, logits, cache)
+    return state
+
+  def _finish(self, params, state: SamplerState):
+    return state.tokens, state.logprobs, self.model.decode_fhat(params, state.f_hat)
+
+  def _sample_impl(self, params, text_ids, text_mask, key):
+    state = self._start(params, text_ids, text_mask)
+    state = self._run(params, state, key, 0, self.model.schedule.num_scales)
+    return self._finish(params, state)
+
+  def _prefix_impl(self, params, text_ids, text_mask, key, m):
+    state = self._start(params, text_ids, text_mask)
+    return self._run(params, state, key, 0, m + 1)
+
+  def _branch_impl(self, params, state: SamplerState, key, m, k):
+    self.trace_count += 1
+    groups = 2 if self.opts.uses_uncond else 1
+    state = SamplerState(
+      cache=jax.tree.map(lambda c: _repeat_rows(c, k, groups, axis=1), state.cache),
+      text_mask=_repeat_rows(state.text_mask, k, groups, axis=0),
+      f_hat=jnp.repeat(state.f_hat, k, axis=0),
+      tokens=jnp.repeat(state.tokens, k, axis=0),
+      logprobs=jnp.repeat(state.logprobs, k, axis=0),
+    )
+    state = self._run(params, state, key, m + 1, self.model.schedule.num_scales)
+    return self._finish(params, state)
+
+  def _recompute_impl(self, params, text_ids, text_mask, key):
+    self.trace_count += 1
+    model, opts = self.model, self.opts
+    sched = model.schedule
+    if opts.uses_uncond:
+      text_ids, text_mask = policy_lib.with_null_prompt(text_ids, text_mask)
+    b = text_mask.shape[0] // (2 if opts.uses_uncond else 1)
+    state = SamplerState(
+      cache=None,
+      text_mask=text_mask,
+      f_hat=jnp.zeros((b, *sched.latent_size, model.cfg.latent_dim), jnp.float32),
+      tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
+      logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
+    )
+    pieces = []
+    for s in range(sched.num_scales):
+      pieces.append(self._inputs(state, s))
+      start, _ = sched.span(s)
+      logits = model.transformer.apply(
+        params['transformer'],
+        text_ids,
+        text_mask,
+        jnp.concatenate(pieces, axis=1),
+        s + 1,
+      )
+      state = self._emit(state, params, s, key, logits[:, start:], None)
+    return self._finish(params, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _logprobs_jit(model, params, text_ids, text_mask, tokens, opts):
+  return policy_lib.logprobs(model, params, text_ids, text_mask, tokens, opts)
+
+
+def logprobs(
+  model: VarModel, params, text_ids, text_mask, tokens, opts: SamplingOptions
+):
+  """Teacher-forced policy log-probs of ``tokens`` (jitted), float32 [B, L]."""
+  return _logprobs_jit(model, params, text_ids, text_mask, tokens, opts)
