@@ -42,15 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_kv_heads = 2  # grouped-query attention: heads share kv heads
   c.model.head_dim = 0  # 0 = d_model // num_heads
   c.model.mlp_dim = 768  # SwiGLU hidden width
-  c.model.text_len = 128  # static prompt length in byte tokens (BOS/EOS incl.)
+  c.model.text_len = 96  # static prompt length in byte tokens (BOS/EOS incl.)
   c.model.dtype = 'float32'  # activations; 'bfloat16' on TPU
   c.model.param_dtype = 'float32'
   c.model.remat = 'none'  # 'none' | 'full' | 'dots' (rematerialise blocks)
   c.model.attention = 'plain'
-
-  # Weights to start from: a directory written by varrl_jax.checkpoint, or ''
-  # for a random initialisation (seeded by `seed`).
-  c.init_checkpoint = ''
 
   # Rollouts and the policy distribution (varrl_jax/sampling.py, policy.py).
   c.sampling = ml_collections.ConfigDict()

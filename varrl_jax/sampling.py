@@ -133,6 +133,10 @@ class Sampler:
     tokens, logps, images = self._recompute(params, text_ids, text_mask, key)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
+  def program(self, name: str):
+    """The jitted function behind 'sample' or 'recompute' (for AOT lower/compile)."""
+    return {'sample': self._sample, 'recompute': self._recompute}[name]
+
   # -- programs ---------------------------------------------------------------
 
   def _check_split(self, m: int) -> None:

@@ -53,15 +53,21 @@ def test_validate_image():
   [
     ((32, 128), 2),
     ((64, 64), 2),
-    ((48, 48), 3),
-    ((16, 16), 4),
+    ((16, 16), 2),
+    ((100, 300), 2),
     ((128, 128), 1),
     ((256, 256), 1),
   ],
 )
-def test_upscale_factor_rule(hw, factor):
+def test_default_upscale_rule(hw, factor):
   config = UpscaleConfig()
   assert upscale_factor(*hw, config.min_side, config.max_factor) == factor
+
+
+def test_upscale_factor_is_the_smallest_integer_reaching_min_side():
+  assert upscale_factor(48, 200, min_side=128, max_factor=4) == 3
+  assert upscale_factor(16, 16, min_side=128, max_factor=4) == 4  # capped
+  assert upscale_factor(0, 16, min_side=128, max_factor=4) == 4
 
 
 def test_upscale_and_box_mapping_roundtrip():

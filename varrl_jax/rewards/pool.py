@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 import weakref
@@ -109,6 +110,9 @@ def _worker_main(
   parent_pid: int,
 ) -> None:
   """Worker loop: build the engine, then answer (task_id, image) messages."""
+  # Ctrl-C reaches the whole process group; the parent decides when workers
+  # stop (it may want to checkpoint first), so they ignore it.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_exit_if_orphaned, args=(parent_pid,), daemon=True).start()
   try:
     engine = engine_factory()

@@ -1,0 +1,160 @@
+r"""OCR pool throughput: images/s with 1 and 2 workers at 64x64 and 256x256.
+
+Run from the repository root:
+
+  python -m benchmarks.ocr                      # easyocr, 16 images per size
+  python -m benchmarks.ocr --engine=rapidocr --num_images=32
+  python -m benchmarks.ocr --step_seconds=2.0   # also time OCR overlapped
+                                                # with a (simulated) RL step
+
+Each image is a distinct rendered word (DejaVu Sans), so neither the cache
+nor deduplication helps; every pool is warmed up before timing (engine
+construction is not counted). Prints a table and, last, the 2-vs-1-worker
+speedup at 64x64.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+
+import numpy as np
+from absl import app, flags
+
+from varrl_jax.rewards.ocr import make_engine
+from varrl_jax.rewards.pool import OcrPool
+from varrl_jax.rewards.testing import render_text
+
+_ENGINE = flags.DEFINE_enum('engine', 'easyocr', ['easyocr', 'rapidocr'], 'OCR engine.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 16, 'Images per timed batch.')
+_SIZES = flags.DEFINE_list('sizes', ['64', '256'], 'Square image sides.')
+_WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Worker counts to compare.')
+_THREADS = flags.DEFINE_integer('threads', 1, 'torch/onnx threads per worker.')
+_STEP_SECONDS = flags.DEFINE_float(
+  'step_seconds',
+  None,
+  'Seconds of one RL step; if set, also times OCR submitted before the step '
+  '(overlapped) against OCR then step (sequential). The step is simulated by '
+  'sleeping, i.e. it stands for accelerator work that leaves host CPUs free.',
+)
+_SEED = flags.DEFINE_integer('seed', 0, 'Word sampling seed.')
+
+WORDS = (
+  'apple river stone light house green paper music water happy table night '
+  'cloud train bread smile ocean dream tiger piano chair honey lemon quiet '
+  'brave storm maple candy robot pixel'
+).split()
+
+
+def word_images(n: int, side: int, rng: random.Random) -> tuple[list[str], np.ndarray]:
+  """n distinct rendered words, uint8 [n, side, side, 3]."""
+  words, images, seen = [], [], set()
+  while len(images) < n:
+    word = rng.choice(WORDS)
+    word = word.upper() if rng.random() < 0.5 else word
+    image = render_text(word, side, side, fill_fraction=rng.uniform(0.6, 0.9))
+    if image.tobytes() in seen:
+      continue
+    seen.add(image.tobytes())
+    words.append(word)
+    images.append(image)
+  return words, np.stack(images)
+
+
+def num_read(words: list[str], results) -> int:
+  return sum(
+    ' '.join(r.texts).strip().lower() == w.lower() for w, r in zip(words, results)
+  )
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  rng = random.Random(_SEED.value)
+  sizes = [int(s) for s in _SIZES.value]
+  workers = [int(w) for w in _WORKERS.value]
+  data = {side: word_images(_NUM_IMAGES.value, side, rng) for side in sizes}
+  factory = functools.partial(make_engine, _ENGINE.value, num_threads=_THREADS.value)
+
+  rows, speed = [], {}
+  for num_workers in workers:
+    with OcrPool(
+      factory, num_workers=num_workers, timeout_s=120.0, cache_size=0
+    ) as pool:
+      pool.wait_ready()
+      for side in sizes:
+        words, images = data[side]
+        # Warm-up: first reads pay one-off costs (allocations, lazy init).
+        _, warm_images = word_images(2 * max(1, num_workers), side, random.Random(side))
+        pool.read_batch(warm_images)
+        t0 = time.perf_counter()
+        results, stats = pool.read_batch(images)
+        seconds = time.perf_counter() - t0
+        speed[num_workers, side] = len(images) / seconds
+        rows.append(
+          (
+            _ENGINE.value,
+            num_workers,
+            f'{side}x{side}',
+            len(images),
+            seconds,
+            speed[num_workers, side],
+            f'{num_read(words, results)}/{len(images)}',
+            int(stats['ocr/failures']),
+          )
+        )
+      if _STEP_SECONDS.value is not None and num_workers == max(workers):
+        overlap_rows = time_overlap(pool, data[sizes[0]][1], _STEP_SECONDS.value)
+
+  header = (
+    'engine',
+    'workers',
+    'size',
+    'images',
+    'seconds',
+    'images/s',
+    'read',
+    'failed',
+  )
+  print(
+    f'{header[0]:9s}{header[1]:>8s} {header[2]:>9s}{header[3]:>7s}'
+    f'{header[4]:>9s}{header[5]:>10s}{header[6]:>8s}{header[7]:>7s}'
+  )
+  for e, w, size, n, s, ips, ok, failed in rows:
+    print(f'{e:9s}{w:8d} {size:>9s}{n:7d}{s:9.2f}{ips:10.2f}{ok:>8s}{failed:7d}')
+
+  if _STEP_SECONDS.value is None:
+    print(
+      'overlap: skipped (the tiny RL step does not exist yet); pass '
+      '--step_seconds=<seconds of one RL step> to time OCR overlapped with it'
+    )
+  else:
+    for line in overlap_rows:
+      print(line)
+
+  side = sizes[0]
+  if len(workers) >= 2 and (1, side) in speed and (2, side) in speed:
+    print(f'ocr_2w_vs_1w_speedup {speed[2, side] / speed[1, side]:.2f}x')
+
+
+def time_overlap(pool: OcrPool, images: np.ndarray, step_seconds: float) -> list[str]:
+  """Sequential (OCR, then step) vs overlapped (submit, step, result)."""
+  # The benchmark pools run with cache_size=0, so both runs read every image.
+  t0 = time.perf_counter()
+  pool.read_batch(images)
+  time.sleep(step_seconds)
+  sequential = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  future = pool.submit_batch(images)
+  time.sleep(step_seconds)
+  future.result()
+  overlapped = time.perf_counter() - t0
+  return [
+    f'overlap ({len(images)} images, {pool.num_workers} workers, step '
+    f'{step_seconds:.2f} s): sequential {sequential:.2f} s, overlapped '
+    f'{overlapped:.2f} s, saved {sequential - overlapped:.2f} s per step'
+  ]
+
+
+if __name__ == '__main__':
+  app.run(main)

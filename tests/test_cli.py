@@ -1,0 +1,80 @@
+"""Bad input at the command line gives one clear error line and exit code 2."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'varrl_jax.sample',
+      '--config=configs/tiny.py',
+      '--ocr=none',
+      *args,
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def _error_lines(proc):
+  return [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.parametrize(
+  'args, expected',
+  [
+    (['--config.model.num_layer=2'], "error: unknown config key 'model.num_layer'"),
+    (['--config.sampling.top_k=two'], 'error: bad command-line flag'),
+    (['--prompt='], 'error: prompt 0 is empty'),
+    (
+      ['--prompt=' + 'x' * 200],
+      'error: prompt 0 is too long: 200 bytes, at most 94 fit',
+    ),
+    (
+      ['--config.scales=((1,4),(2,8))'],
+      'error: config.scales[-1]=(2, 8) must equal the latent grid',
+    ),
+  ],
+)
+def test_bad_input_is_one_error_line(args, expected):
+  proc = _run(*args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = _error_lines(proc)
+  assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def test_wrong_image_size_is_one_error_line(tmp_path):
+  path = tmp_path / 'big.png'
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+  proc = _run(f'--reconstruct={path}')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = _error_lines(proc)
+  assert len(lines) == 1, proc.stderr[-2000:]
+  assert (
+    'image is 64x64 (HxW), the config expects 32x128 (config.image_size)' in lines[0]
+  )
+
+
+def test_sample_writes_a_grid(tmp_path):
+  proc = _run(
+    f'--workdir={tmp_path}', '--num_per_prompt=1', "--prompt=a sign that reads 'OPEN'"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'image grid written to' in proc.stdout
+  img = np.asarray(Image.open(tmp_path / 'samples.png'))
+  assert img.ndim == 3 and img.shape[0] >= 64

@@ -1,0 +1,68 @@
+"""Command-line plumbing shared by the entry points: flag parsing with one-line errors.
+
+absl + ml_collections report a mistyped ``--config.some.key=...`` as a
+traceback. Researchers should instead see one line that names the key and
+the closest existing ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import sys
+
+from absl import flags
+
+
+class ConfigKeyError(ValueError):
+  """An override names a key that the config does not declare."""
+
+
+def _load_config_file(path: str):
+  spec = importlib.util.spec_from_file_location('_varrl_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _all_keys(config, prefix='') -> list[str]:
+  keys = []
+  for k, v in config.items():
+    name = f'{prefix}{k}'
+    keys.append(name)
+    if hasattr(v, 'items'):
+      keys.extend(_all_keys(v, name + '.'))
+  return keys
+
+
+def check_overrides(argv: list[str], flag_name: str = 'config') -> None:
+  """Raises ConfigKeyError for the first ``--config.KEY`` that the file lacks."""
+  path = None
+  for arg in argv:
+    if arg.startswith(f'--{flag_name}='):
+      path = arg.split('=', 1)[1].split(':', 1)[0]
+  if path is None:
+    return
+  if not os.path.exists(path):
+    raise ConfigKeyError(f'--{flag_name}={path}: no such config file')
+  keys = _all_keys(_load_config_file(path))
+  for arg in argv:
+    if arg.startswith(f'--{flag_name}.'):
+      key = arg[len(flag_name) + 3 :].split('=', 1)[0]
+      if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ConfigKeyError(f'unknown config key {key!r} in {arg} ({path}){hint}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser for ``app.run(main, flags_parser=parse_flags)``."""
+  try:
+    check_overrides(argv)
+    return flags.FLAGS(argv)
+  except ConfigKeyError as e:
+    print(f'error: {e}', file=sys.stderr)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f'error: bad command-line flag: {e}', file=sys.stderr)
+  sys.exit(2)

@@ -1,0 +1,69 @@
+r"""Parameter counts per module from abstract shapes (nothing is allocated).
+
+  python -m varrl_jax.models.summary --config=configs/cvtg.py
+
+Last line: the total, e.g. ``total 7.07B parameters``.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from varrl_jax import cli
+from varrl_jax.models.var import build_model
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file.', lock_config=True
+)
+
+
+def _fmt(n: int) -> str:
+  for unit, div in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
+    if n >= div:
+      return f'{n / div:.2f}{unit}'
+  return str(n)
+
+
+def count_parameters(config) -> dict[str, int]:
+  """{module path: parameter count} from `jax.eval_shape` of the init."""
+  model = build_model(config)
+  shapes = jax.eval_shape(model.init_boxed, jax.random.key(0))
+  counts: dict[str, int] = collections.OrderedDict()
+  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  for path, leaf in flat:
+    names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+    names = [n for n in names if n not in ('params', 'value')]
+    # Group by top-level component and its first sub-module.
+    group = '/'.join(names[:2]) if len(names) > 2 else '/'.join(names[:1] + names[1:2])
+    counts[group] = counts.get(group, 0) + int(np.prod(leaf.shape))
+  return counts
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  counts = count_parameters(config)
+  model = build_model(config)
+  print(
+    f'image {tuple(config.image_size)}, {model.schedule.num_scales} scales, '
+    f'{model.schedule.num_tokens} image tokens + {config.model.text_len} text tokens'
+  )
+  width = max(len(k) for k in counts)
+  for component in ('tokenizer', 'transformer'):
+    sub = {k: v for k, v in counts.items() if k.startswith(component)}
+    for k, v in sub.items():
+      print(f'  {k:<{width}}  {v:>15,d}  {_fmt(v):>8}')
+    print(
+      f'{component + " total":<{width + 2}}  {sum(sub.values()):>15,d}  {_fmt(sum(sub.values())):>8}'
+    )
+  total = sum(counts.values())
+  print(f'total {total / 1e9:.2f}B parameters')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

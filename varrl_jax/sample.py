@@ -1,0 +1,149 @@
+r"""Sample images for prompts with the KV-cached sampler and OCR them.
+
+  python -m varrl_jax.sample --config=configs/tiny.py \
+      --prompt="a wooden sign that reads 'OPEN'" --workdir=/tmp/varrl_sample
+
+Writes ``WORKDIR/samples.png`` (one row per prompt, OCR text under each
+image) and prints what the OCR engine read. ``--reconstruct=IMAGE.png``
+instead round-trips an image through the tokenizer (encode to the scales,
+decode) and writes the pair.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from varrl_jax import cli, sampling
+from varrl_jax import images as images_lib
+from varrl_jax.models import text as text_lib
+from varrl_jax.models.schedule import ScheduleError
+from varrl_jax.models.var import build_model
+from varrl_jax.policy import SamplingOptions
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file.', lock_config=True
+)
+_PROMPTS = flags.DEFINE_multi_string(
+  'prompt',
+  [
+    "a wooden sign on a wall that reads 'OPEN'",
+    "a red poster that reads 'SALE'",
+    "a shop front with a banner that reads 'CAFE'",
+    "a chalkboard that reads 'HOT' and 'TEA'",
+  ],
+  'Prompt(s); repeat the flag for several.',
+)
+_NUM = flags.DEFINE_integer('num_per_prompt', 4, 'Images per prompt.')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdir/sample', 'Output folder.')
+_SEED = flags.DEFINE_integer('seed', None, 'Sampling seed (default: config.seed).')
+_OCR = flags.DEFINE_enum(
+  'ocr', 'easyocr', ['easyocr', 'rapidocr', 'none'], 'OCR engine.'
+)
+_RECONSTRUCT = flags.DEFINE_string(
+  'reconstruct', None, 'PNG to round-trip through the tokenizer.'
+)
+
+
+def _load_png(path: str, image_size) -> np.ndarray:
+  from PIL import Image
+
+  try:
+    img = np.asarray(Image.open(path).convert('RGB'))
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path}: cannot read image ({e})') from None
+  if img.shape[:2] != tuple(image_size):
+    raise ValueError(
+      f'{path}: image is {img.shape[0]}x{img.shape[1]} (HxW), the config expects '
+      f'{image_size[0]}x{image_size[1]} (config.image_size)'
+    )
+  return img[None]
+
+
+def _ocr_texts(images: np.ndarray, engine_name: str) -> list[str]:
+  if engine_name == 'none':
+    return [''] * len(images)
+  from varrl_jax.rewards import ocr
+
+  engine = ocr.make_engine(engine_name)
+  return [' '.join(engine.read(img).texts) for img in images]
+
+
+def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct):
+  model = build_model(config)
+  seed = config.seed if seed is None else seed
+  # Validate every input before any compile so mistakes fail in a second.
+  if reconstruct:
+    image = _load_png(reconstruct, model.schedule.image_size)
+  else:
+    batch = [p for p in prompts for _ in range(num_per_prompt)]
+    ids, mask = text_lib.encode(batch, config.model.text_len)
+    opts = SamplingOptions.from_config(config.sampling)
+  # Until the pretrained tiny checkpoint ships (issue 5), weights are random.
+  logging.warning(
+    'No checkpoint configured: sampling from randomly initialised weights.'
+  )
+  params = model.init(jax.random.key(seed))
+  os.makedirs(workdir, exist_ok=True)
+
+  if reconstruct:
+    tokens = model.encode_images(params, image)
+    recon = np.asarray(model.decode_tokens(params, tokens))
+    path = images_lib.save_grid(
+      os.path.join(workdir, 'reconstruction.png'),
+      np.concatenate([image, recon]),
+      ['input', f'{tokens.shape[1]} tokens'],
+      columns=2,
+      scale=2,
+    )
+    print(f'reconstruction written to {path}')
+    return
+
+  sampler = sampling.Sampler(model, opts)
+  t0 = time.time()
+  out = sampler.sample(params, ids, mask, jax.random.key(seed))
+  imgs = np.asarray(jax.device_get(out.images))
+  print(
+    f'sampled {len(batch)} images of {model.schedule.num_tokens} tokens '
+    f'in {time.time() - t0:.1f}s (incl. compile)'
+  )
+  read = _ocr_texts(imgs, engine_name)
+  for prompt, got in zip(batch, read):
+    print(f'{prompt!r} -> OCR {got!r}')
+  captions = [f'{p[-24:]}\nOCR: {r}' for p, r in zip(batch, read)]
+  path = images_lib.save_grid(
+    os.path.join(workdir, 'samples.png'),
+    imgs,
+    captions,
+    columns=num_per_prompt,
+    scale=2,
+  )
+  print(f'image grid written to {path}')
+
+
+def main(argv):
+  del argv
+  try:
+    run(
+      _CONFIG.value,
+      _PROMPTS.value,
+      _NUM.value,
+      _WORKDIR.value,
+      _SEED.value,
+      _OCR.value,
+      _RECONSTRUCT.value,
+    )
+  except (text_lib.PromptError, ScheduleError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main, flags_parser=cli.parse_flags)
