@@ -31,7 +31,7 @@ def toy_config():
   c.model.num_heads = 4
   c.model.num_kv_heads = 2
   c.model.mlp_dim = 64
-  c.model.text_len = 40
+  c.model.text_len = 96
   return c
 
 

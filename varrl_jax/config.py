@@ -15,6 +15,11 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Pretrained weights (a directory written by varrl_jax.pretrain, holding the
+  # tokenizer and the transformer; see varrl_jax/checkpoint.py). '' = random
+  # init. One key, not one per part: a transformer is only valid with the
+  # tokenizer whose token ids it was trained on, and they ship together.
+  c.init_checkpoint = ''
 
   # Pixels of a generated image (height, width) and the scale schedule: token
   # grids (h_s, w_s) coarse to fine (an int means a square grid); the last
@@ -57,4 +62,75 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0  # 1 = off
   c.sampling.policy = 'cfg'  # 'cfg' (guided logits) | 'cond' for log-probs
   c.sampling.batch_size = 8
+
+  # OCR engine and its worker pool (varrl_jax/rewards/ocr.py, pool.py).
+  c.ocr = ml_collections.ConfigDict()
+  c.ocr.engine = 'easyocr'  # 'easyocr' | 'rapidocr'
+  c.ocr.num_workers = 1  # worker processes per host; 0 = inline
+  c.ocr.threads_per_worker = 1  # torch threads in each worker
+  c.ocr.timeout_s = 60.0  # longest one image may take before its worker is restarted
+  c.ocr.cache_size = 4096  # LRU entries of OCR results keyed by image content
+
+  # Evaluation (python -m varrl_jax.evaluate; also the RL loop's held-out eval).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = (
+    'heldout'  # synthetic prompt set: 'heldout' | 'heldout_words' | 'train'
+  )
+  c.eval.num_prompts = 64  # cap on prompts (0 = all of the set; synthetic needs > 0)
+  c.eval.images_per_prompt = 1
+  c.eval.batch_size = 16  # prompts per sampler call (static shape)
+  c.eval.seed = 1234  # sampling seed of the evaluation (fixed: deterministic results)
+  c.eval.data_seed = 0  # seed of the synthetic prompt sets
+  c.eval.case_sensitive = False  # Word Accuracy / NED case handling
+  c.eval.cvtg_targets = (
+    'sentences'  # CVTG-2K targets: 'sentences' | 'prompt' (official scorer)
+  )
+  c.eval.grid_images = 32  # images in the grid PNG
+  # A prompt longer than model.text_len is an error; True keeps its first
+  # text_len - 2 bytes instead (e.g. CVTG-2K prompts on the tiny model).
+  c.eval.truncate_prompts = False
+
+  # Supervised pretraining (python -m varrl_jax.pretrain --stage=...): first
+  # the tokenizer on synthetic renders, then the transformer on its tokens.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.data_seed = 0  # synthetic train split seed; step t = examples [tB, (t+1)B)
+  c.pretrain.prefetch = 2  # batches rendered ahead by a background thread; 0 = inline
+  c.pretrain.num_samples = 8  # images in each periodic sample/reconstruction grid
+  c.pretrain.keep_checkpoints = 2  # periodic checkpoints kept per stage (+ 'final')
+
+  c.pretrain.tokenizer = ml_collections.ConfigDict()
+  c.pretrain.tokenizer.steps = 20_000
+  c.pretrain.tokenizer.batch_size = 32
+  c.pretrain.tokenizer.lr = 3e-4  # AdamW peak lr: linear warmup, cosine to lr / 10
+  c.pretrain.tokenizer.warmup_steps = 500
+  c.pretrain.tokenizer.weight_decay = 0.01  # on conv kernels only, not the codebook
+  c.pretrain.tokenizer.grad_clip = 1.0  # global gradient norm; 0 = off
+  # Reconstruction BCE weight of a pixel: 1 + ink_weight * |x - median(x)|, the
+  # median being the background; text is a few % of the pixels and an
+  # unweighted loss is content to draw the background only.
+  c.pretrain.tokenizer.ink_weight = 4.0
+  # A code unused for this many steps is re-initialised from a random residual
+  # the quantizer saw in the current batch (dead-code restart); 0 = off.
+  c.pretrain.tokenizer.dead_code_steps = 100
+  c.pretrain.tokenizer.restart_noise = 0.01  # std of noise added to restarted codes
+  c.pretrain.tokenizer.log_every = 50
+  c.pretrain.tokenizer.sample_every = 1000  # reconstruction grid + held-out metrics
+  c.pretrain.tokenizer.ckpt_every = 2000
+
+  c.pretrain.transformer = ml_collections.ConfigDict()
+  c.pretrain.transformer.steps = 50_000
+  c.pretrain.transformer.batch_size = 32
+  c.pretrain.transformer.lr = 3e-4
+  c.pretrain.transformer.warmup_steps = 1000
+  c.pretrain.transformer.weight_decay = 0.05  # on dense kernels only
+  c.pretrain.transformer.grad_clip = 1.0
+  # Probability of replacing a prompt by the null prompt, so the model also
+  # learns the unconditional distribution that classifier-free guidance needs.
+  c.pretrain.transformer.prompt_dropout = 0.1
+  # The tokenizer to train on: '' = WORKDIR/tokenizer/checkpoints/final, the
+  # tokenizer stage's output in the same --workdir.
+  c.pretrain.transformer.tokenizer_checkpoint = ''
+  c.pretrain.transformer.log_every = 50
+  c.pretrain.transformer.sample_every = 2000  # sample grid + held-out loss
+  c.pretrain.transformer.ckpt_every = 5000
   return c

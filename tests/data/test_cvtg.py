@@ -1,5 +1,7 @@
 """CVTG-2K reader: layout, options, ordering and every malformed-input case."""
 
+import json
+
 import pytest
 
 from tests.data.cvtg_fixture import (
@@ -207,10 +209,6 @@ _GOOD = cvtg_entry(1, 3)
     (dict(_GOOD, prompt=5), "(index 1): 'prompt' must be a string, got int"),
     (dict(_GOOD, prompt='  '), "(index 1): 'prompt' is an empty string"),
     (
-      dict(_GOOD, prompt='A sign saying Sale'),
-      "no single-quoted target text in 'prompt'",
-    ),
-    (
       dict(_GOOD, carrier_list='sign'),
       "'carrier_list' must be a list of strings, got str",
     ),
@@ -253,3 +251,25 @@ def test_malformed_entry_in_style_subset_names_its_file(tmp_path):
     cvtg.DatasetError, match=r'^CVTG-style/5\.json: data_list\[0\] \(index 1\)'
   ):
     cvtg.load_cvtg(tmp_path)
+
+
+def test_prompt_targets_need_quoted_text(tmp_path):
+  """target_source='prompt' (the official scorer's rule) needs quoted spans."""
+  make_cvtg_fixture(tmp_path)
+  path = tmp_path / 'CVTG' / '3.json'
+  data = json.loads(path.read_text())
+  data['data_list'][1]['prompt'] = 'A sign saying Sale'
+  path.write_text(json.dumps(data))
+  with pytest.raises(
+    cvtg.DatasetError, match="CVTG/3.json: .*no single-quoted target text in 'prompt'"
+  ):
+    cvtg.load_cvtg(tmp_path, target_source='prompt')
+  # The default reads targets from sentence_list and does not need them.
+  assert cvtg.load_cvtg(tmp_path)
+
+
+def test_sentence_targets_keep_apostrophes_and_unquote_descriptions():
+  assert cvtg.quoted_texts("Joe's Mom's", word_boundary=True) == []
+  assert cvtg.quoted_texts(
+    "a glass with 'Crime Scene' in bold.", word_boundary=True
+  ) == ['Crime Scene']

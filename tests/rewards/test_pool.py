@@ -83,6 +83,14 @@ def test_cache_reads_each_image_once(calls_dir):
     assert count_calls(calls_dir) == 3
 
 
+def test_small_cache_evicting_a_hit_in_the_same_call(calls_dir):
+  # Regression: a hit evicted by this call's new results was looked up late.
+  with make_pool(calls_dir, num_workers=0, cache_size=1) as pool:
+    pool.read_batch(batch(1))
+    results, stats = pool.read_batch(batch(1, 2, 3))
+  assert texts(results) == ['v1', 'v2', 'v3'] and stats['ocr/cache_hits'] == 1
+
+
 def test_cache_off_still_dedups_within_a_call(calls_dir):
   with make_pool(calls_dir, num_workers=0, cache_size=0) as pool:
     pool.read_batch(batch(1, 1))

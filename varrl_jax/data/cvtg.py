@@ -12,11 +12,14 @@ file is ``{"data_list": [{"index", "prompt", "carrier_list", "sentence_list"},
 
 Targets. The official CVTG-2K scorer takes the ground-truth text of an image
 from its prompt: every span between single quotes (``'(.*?)'``), split into
-words. ``target_source='prompt'`` (default) does the same, so the reward and
-the metrics see exactly the words the benchmark scores (note that an
-apostrophe inside a text, as in ``'Joe's Diner'``, cuts the span there for
-the official scorer too). ``target_source='sentences'`` takes the quoted spans
-of each ``sentence_list`` entry instead, or the whole entry when it has none.
+words. DESIGN.md and the project's issue define the targets as the
+``sentence_list`` strings: ``target_source='sentences'`` (default) takes each
+entry whole, or, when an entry is a description that quotes its text
+(``a glass with 'Crime Scene' in bold``), the quoted spans — a quote counts
+only at a word boundary, so apostrophes (``Joe's Mom's``) never split an
+entry. ``target_source='prompt'`` reproduces the official scorer exactly
+(every ``'(.*?)'`` span of the prompt; an apostrophe inside a text, as in
+``'Joe's Diner'``, cuts the span there for the official scorer too).
 Either way an entry with no target is malformed.
 
 Errors. Any malformed file raises :class:`DatasetError` with a one-line
@@ -50,6 +53,8 @@ LAYOUT = (
 
 # The official scorer's pattern (non-greedy, single quotes only).
 _QUOTED = re.compile(r"'(.*?)'", re.DOTALL)
+# Quotes at word boundaries only, for sentence_list entries.
+_QUOTED_WORDS = re.compile(r"(?<![A-Za-z0-9])'(.+?)'(?![A-Za-z0-9])", re.DOTALL)
 
 
 class DatasetError(Exception):
@@ -83,9 +88,10 @@ class CvtgExample:
     return f'{self.subset}/{self.regions}/{self.index}'
 
 
-def quoted_texts(text: str) -> list[str]:
+def quoted_texts(text: str, word_boundary: bool = False) -> list[str]:
   """Stripped, non-empty spans between single quotes, in order."""
-  return [m.strip() for m in _QUOTED.findall(text) if m.strip()]
+  pattern = _QUOTED_WORDS if word_boundary else _QUOTED
+  return [m.strip() for m in pattern.findall(text) if m.strip()]
 
 
 def _subset_dir(root: str, subset: str) -> str:
@@ -160,7 +166,9 @@ def _parse_entry(
     if not targets:
       raise ValueError("no single-quoted target text in 'prompt'")
   else:
-    targets = tuple(t for s in sentences for t in (quoted_texts(s) or [s.strip()]))
+    targets = tuple(
+      t for s in sentences for t in (quoted_texts(s, word_boundary=True) or [s.strip()])
+    )
   return CvtgExample(subset, regions, index, prompt, carriers, targets, sentences)
 
 
@@ -202,7 +210,7 @@ def load_cvtg(
   subsets: Sequence[str] = SUBSETS,
   regions: Iterable[int] = REGION_COUNTS,
   max_examples: int | None = None,
-  target_source: TargetSource = 'prompt',
+  target_source: TargetSource = 'sentences',
 ) -> list[CvtgExample]:
   """Reads CVTG-2K from ``root`` (see the module docstring for the layout).
 
@@ -211,7 +219,7 @@ def load_cvtg(
     subsets: which of ``'CVTG'``, ``'CVTG-Style'`` to read.
     regions: which region counts (file names) to read.
     max_examples: keep only the first ``max_examples`` in the documented order.
-    target_source: ``'prompt'`` (official) or ``'sentences'``.
+    target_source: ``'sentences'`` (default) or ``'prompt'`` (official scorer).
 
   Returns:
     The examples, in a deterministic order.

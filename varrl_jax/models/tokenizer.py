@@ -181,6 +181,9 @@ class MultiScaleVQVAE(nn.Module):
     ids, loss = [], 0.0
     for s, grid in enumerate(self.schedule.grids):
       z = resize.resize(f_rest, grid, 'area')
+      # The vectors the codebook is matched against; pretraining restarts dead
+      # codes from them (a no-op unless 'intermediates' is mutable).
+      self.sow('intermediates', 'residuals', jax.lax.stop_gradient(z))
       r = self.lookup(jax.lax.stop_gradient(z))
       h = self.scale_residual(r, s)
       f_hat = f_hat + h

@@ -14,6 +14,9 @@ the event is counted in the batch stats. Rewards map failed results to their
 fallback value; training never sees an exception from a bad image. Only setup
 errors raise (the engine factory failing in a worker, e.g. missing weights).
 
+Spawned workers re-import the main module (standard ``spawn`` behaviour),
+so entry points keep their work under ``if __name__ == '__main__'``.
+
 ``num_workers=0`` runs the engine inline in the calling process: no
 processes, no timeouts (a hang hangs the caller), exceptions still isolated.
 
@@ -313,7 +316,8 @@ class OcrPool:
           raise OcrPoolError(f'OCR workers not ready after {timeout_s} s')
 
   def close(self) -> None:
-    """Stops the workers (waits for a submitted batch to finish first)."""
+    """Stops the workers: a running submitted batch finishes first, queued
+    ones are cancelled."""
     if self._closed:
       return
     self._closed = True
@@ -363,6 +367,9 @@ class OcrPool:
     results: list[OcrResult | None] = [None] * len(images)
     keys: list[str | None] = [None] * len(images)
     todo: dict[str, np.ndarray] = {}
+    # Cache hits are taken now: storing this call's results below may evict
+    # them from a small LRU.
+    read: dict[str, OcrResult] = {}
     for i, image in enumerate(images):
       error = validate_image(image)
       if error:
@@ -372,26 +379,30 @@ class OcrPool:
       key = keys[i] = image_key(image)
       if key in todo:
         stats['ocr/dedup_hits'] += 1
+      elif key in read:
+        stats['ocr/cache_hits'] += 1
       elif key in self._cache:
         self._cache.move_to_end(key)
+        read[key] = self._cache[key]
         stats['ocr/cache_hits'] += 1
       else:
         todo[key] = image
     stats['ocr/engine_calls'] = len(todo)
 
     if self.num_workers == 0:
-      read = {key: self._read_inline(image, stats) for key, image in todo.items()}
+      new = {key: self._read_inline(image, stats) for key, image in todo.items()}
     else:
-      read = self._read_in_workers(todo, stats, t0)
+      new = self._read_in_workers(todo, stats, t0)
 
-    for key, result in read.items():
+    for key, result in new.items():
       if not result.failed and self.cache_size > 0:
         self._cache[key] = result
     while len(self._cache) > self.cache_size:
       self._cache.popitem(last=False)
+    read.update(new)
     for i, key in enumerate(keys):
       if key is not None:
-        results[i] = read[key] if key in read else self._cache[key]
+        results[i] = read[key]
     stats['ocr/failures'] = sum(r.failed for r in results)
     seconds = time.monotonic() - t0
     stats['ocr/seconds'] = seconds

@@ -1,0 +1,225 @@
+"""Parameter checkpoints: one directory of orbax arrays plus a JSON manifest.
+
+Layout of a checkpoint directory::
+
+    CKPT/
+      manifest.json   {'format', 'parts', 'stage', 'step', 'command', 'data_seed',
+                       'metrics', 'config', 'saved_at'}
+      tokenizer/      orbax StandardCheckpointer tree of params['tokenizer']
+      transformer/    params['transformer'] (absent after the tokenizer stage)
+
+The two parts are separate trees so the tokenizer stage can be saved alone and
+the transformer stage loads just that part. A transformer is only meaningful
+with the tokenizer whose token ids it predicts, so a transformer checkpoint
+always holds its tokenizer too: one directory is a complete model, and one
+config key (``config.init_checkpoint``) names it. ``manifest.json`` is written
+last, so a directory without it is an interrupted save.
+
+Loading restores onto the abstract parameters of the *current* config
+(``jax.eval_shape(model.init_boxed, key)``, unboxed): the tree structure and
+every shape are compared with the checkpoint's metadata before an array is
+read. Any failure (missing directory, missing or corrupt file, shape or
+structure mismatch) is one `CheckpointError` line that names the path and
+the command that recreates the checkpoint.
+
+A later issue extends this module to the full train state (optimizer, data
+iterator) behind an orbax ``CheckpointManager``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+
+PARTS = ('tokenizer', 'transformer')
+MANIFEST = 'manifest.json'
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used; the message is one line."""
+
+
+def recreate_command(
+  stage: str, workdir: str = 'WORKDIR', config_file: str = 'configs/tiny.py'
+) -> str:
+  """The pretraining command that writes ``WORKDIR/<stage>/checkpoints/final``."""
+  return (
+    f'python -m varrl_jax.pretrain --config={config_file} --stage={stage} '
+    f'--workdir={workdir}'
+  )
+
+
+def _guess_recreate(path: str, stage: str) -> str:
+  # Pretraining writes WORKDIR/<stage>/checkpoints/<name>: recover WORKDIR.
+  m = re.match(r'(.*)/(tokenizer|transformer)/checkpoints/[^/]+/?$', path)
+  return recreate_command(stage, m.group(1) if m else 'WORKDIR')
+
+
+def _fail(path: str, problem: str, recreate: str) -> CheckpointError:
+  return CheckpointError(f'checkpoint {path}: {problem}; recreate it with: {recreate}')
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
+
+
+def save_params(
+  path: str, params: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> str:
+  """Writes ``params`` (any of PARTS, boxed or not) and ``manifest`` to ``path``.
+
+  An existing directory at ``path`` is replaced. ``manifest`` holds whatever
+  describes the run (config as a dict, command, step, data seed, metrics); it
+  must be JSON-serialisable. Returns the absolute path.
+  """
+  path = os.path.abspath(path)
+  unknown = sorted(set(params) - set(PARTS))
+  if unknown:
+    raise ValueError(f'save_params: unknown parts {unknown}; expected some of {PARTS}')
+  parts = [p for p in PARTS if p in params]
+  if jax.process_index() == 0 and os.path.exists(path):
+    shutil.rmtree(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    for part in parts:
+      ckptr.save(os.path.join(path, part), nn.unbox(params[part]))
+  # Written last: its presence marks a complete checkpoint.
+  if jax.process_index() == 0:
+    record = {
+      **manifest,
+      'format': FORMAT,
+      'parts': parts,
+      'saved_at': time.strftime('%Y-%m-%dT%H:%M:%S'),
+    }
+    tmp = os.path.join(path, MANIFEST + '.tmp')
+    with open(tmp, 'w') as f:
+      json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(path, MANIFEST))
+  return path
+
+
+def read_manifest(path: str, recreate: str | None = None) -> dict:
+  """The manifest of the checkpoint at ``path``; CheckpointError if unusable."""
+  path = os.path.abspath(path)
+  recreate = recreate or _guess_recreate(path, 'transformer')
+  if not os.path.isdir(path):
+    raise _fail(path, 'no such directory', recreate)
+  file = os.path.join(path, MANIFEST)
+  if not os.path.isfile(file):
+    raise _fail(path, f'no {MANIFEST} (an interrupted save?)', recreate)
+  try:
+    with open(file) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise _fail(path, f'unreadable {MANIFEST} ({_first_line(e)})', recreate) from None
+  if not isinstance(manifest, dict) or not isinstance(manifest.get('parts'), list):
+    raise _fail(path, f'{MANIFEST} has no list of parts', recreate)
+  return manifest
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    '/'.join(str(getattr(k, 'key', k)) for k in keypath): tuple(leaf.shape)
+    for keypath, leaf in leaves
+  }
+
+
+def _config_diff(saved: Mapping | None, current: Mapping | None) -> str:
+  """Shape-relevant config values that differ, e.g. 'model.d_model 256 != 128'."""
+  if not saved or not current:
+    return ''
+  # JSON turns tuples into lists: compare both sides in that form.
+  saved, current = (json.loads(json.dumps(x, default=str)) for x in (saved, current))
+  diffs = []
+  for section in ('image_size', 'scales', 'tokenizer', 'model'):
+    a, b = saved.get(section), current.get(section)
+    if isinstance(a, dict) and isinstance(b, dict):
+      for k in sorted(set(a) | set(b)):
+        if 'dtype' not in k and k != 'checkpoint' and a.get(k) != b.get(k):
+          diffs.append(f'{section}.{k}: checkpoint {a.get(k)} vs config {b.get(k)}')
+    elif a != b:
+      diffs.append(f'{section}: checkpoint {a} vs config {b}')
+  return f' (config differs: {"; ".join(diffs[:3])})' if diffs else ''
+
+
+def _check_structure(saved: dict, wanted: dict) -> str | None:
+  """A description of the first structural or shape difference, or None."""
+  missing = sorted(set(wanted) - set(saved))
+  if missing:
+    return f'parameter {missing[0]} is missing ({len(missing)} missing in all)'
+  extra = sorted(set(saved) - set(wanted))
+  if extra:
+    return f'parameter {extra[0]} is not in this model ({len(extra)} extra in all)'
+  for name, shape in wanted.items():
+    if saved[name] != shape:
+      return (
+        f'parameter {name} has shape {saved[name]} in the checkpoint but the '
+        f'config needs {shape}'
+      )
+  return None
+
+
+def load_params(
+  path: str,
+  model,
+  parts: Sequence[str] = PARTS,
+  *,
+  recreate: str | None = None,
+  config: Mapping | None = None,
+) -> dict:
+  """Restores ``{part: params}`` for ``parts`` onto the model's abstract params.
+
+  Args:
+    path: a checkpoint directory written by `save_params`.
+    model: a `VarModel` built from the current config; its abstract
+      parameters fix the expected structure, shapes and dtypes.
+    parts: which of PARTS to load.
+    recreate: the command shown in errors; default: the manifest's
+      ``command``, else the pretraining command for the failing part.
+    config: the current config as a dict; mismatch errors then name the
+      config values that differ from the checkpoint's.
+
+  Raises:
+    CheckpointError: one line naming ``path`` and the recreate command.
+  """
+  path = os.path.abspath(path)
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown:
+    raise ValueError(f'load_params: unknown parts {unknown}; expected some of {PARTS}')
+  last = parts[-1] if parts else 'transformer'
+  manifest = read_manifest(path, recreate or _guess_recreate(path, last))
+  command = recreate or manifest.get('command') or _guess_recreate(path, last)
+  abstract = nn.unbox(jax.eval_shape(model.init_boxed, jax.random.key(0)))
+  hint = _config_diff(manifest.get('config'), config)
+  out = {}
+  with ocp.StandardCheckpointer() as ckptr:
+    for part in parts:
+      directory = os.path.join(path, part)
+      if part not in manifest['parts'] or not os.path.isdir(directory):
+        saved = ', '.join(manifest['parts']) or 'none'
+        cmd = recreate or _guess_recreate(path, part)
+        raise _fail(path, f'holds no {part} parameters (saved parts: {saved})', cmd)
+      try:
+        meta = ckptr.metadata(directory).item_metadata
+        saved_shapes = _flat_shapes(getattr(meta, 'tree', meta))
+      except Exception as e:  # orbax/tensorstore raise many types on bad files
+        raise _fail(path, f'{part}: unreadable ({_first_line(e)})', command) from None
+      problem = _check_structure(saved_shapes, _flat_shapes(abstract[part]))
+      if problem:
+        raise _fail(path, f'{part}: {problem}{hint}', command)
+      try:
+        out[part] = ckptr.restore(directory, abstract[part])
+      except Exception as e:
+        raise _fail(path, f'{part}: unreadable ({_first_line(e)})', command) from None
+  return out

@@ -1,0 +1,150 @@
+r"""Evaluate a model on CVTG-2K or a synthetic held-out split.
+
+  python -m varrl_jax.evaluate --config=configs/tiny.py --split=heldout
+  python -m varrl_jax.evaluate --config=configs/cvtg.py \
+      --data=cvtg:/path/to/CVTG-2K --checkpoint=/path/to/ckpt
+
+Generates ``config.eval.images_per_prompt`` images per prompt (at most
+``config.eval.num_prompts`` prompts; 0 = all of CVTG-2K), OCRs them, and
+reports Word Accuracy and NED overall and per group (CVTG-2K: subset and
+region count 2-5; synthetic: split and number of target words). Writes
+``WORKDIR/metrics.json``, ``WORKDIR/samples.jsonl`` (per image: targets and
+what OCR read) and ``WORKDIR/grid.png`` (targets and OCR text under each
+image). Sampling follows ``config.sampling``; the seed is ``config.eval.seed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from varrl_jax import cli
+from varrl_jax import images as images_lib
+from varrl_jax.data.cvtg import DatasetError
+from varrl_jax.eval import evaluator, prompt_sets
+from varrl_jax.models import text as text_lib
+from varrl_jax.models.schedule import ScheduleError
+from varrl_jax.models.var import build_model
+from varrl_jax.rewards import ocr as ocr_lib
+from varrl_jax.rewards.pool import OcrPool
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file.', lock_config=True
+)
+_DATA = flags.DEFINE_string('data', None, 'cvtg:/path/to/CVTG-2K (overrides --split).')
+_SPLIT = flags.DEFINE_string(
+  'split', None, 'Synthetic split (default: config.eval.split).'
+)
+_CHECKPOINT = flags.DEFINE_string(
+  'checkpoint', None, "Checkpoint (default: the config's)."
+)
+_WORKDIR = flags.DEFINE_string('workdir', 'workdir/eval', 'Output folder.')
+
+
+def engine_factory(config):
+  """Picklable factory for the configured OCR engine (one per worker)."""
+  kwargs = {}
+  if config.ocr.engine == 'easyocr':
+    kwargs['num_threads'] = config.ocr.threads_per_worker
+  return functools.partial(ocr_lib.make_engine, config.ocr.engine, **kwargs)
+
+
+def make_pool(config) -> OcrPool:
+  return OcrPool(
+    engine_factory(config),
+    num_workers=config.ocr.num_workers,
+    timeout_s=config.ocr.timeout_s,
+    cache_size=config.ocr.cache_size,
+  )
+
+
+def load_weights(config, model, checkpoint: str | None):
+  """(params, description): ``checkpoint``, else config.init_checkpoint, else random."""
+  import jax
+
+  from varrl_jax import checkpoint as ckpt_lib
+
+  path = checkpoint or config.init_checkpoint
+  if not path:
+    return model.init(jax.random.key(config.seed)), f'random init (seed {config.seed})'
+  return ckpt_lib.load_params(path, model, config=config.to_dict()), path
+
+
+def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:
+  spec = data or split or config.eval.split
+  prompts = prompt_sets.from_spec(
+    spec, config.eval.num_prompts, config.eval.data_seed, config.eval.cvtg_targets
+  )
+  model = build_model(config)
+  # Fail fast on bad prompts, before any compile.
+  evaluator.encode_prompts(prompts, config.model.text_len, config.eval.truncate_prompts)
+  params, source = load_weights(config, model, checkpoint)
+  print(f'model weights: {source}')
+  with make_pool(config) as pool:
+    report = evaluator.evaluate(model, params, config, prompts, pool)
+  os.makedirs(workdir, exist_ok=True)
+  summary = {
+    'data': spec,
+    'weights': source,
+    'num_prompts': len(prompts),
+    'images_per_prompt': config.eval.images_per_prompt,
+    'seed': config.eval.seed,
+    'sampling': config.sampling.to_dict(),
+    'case_sensitive': config.eval.case_sensitive,
+    'metrics': report.flat,
+    'ocr': report.ocr_stats,
+    'seconds': report.seconds,
+  }
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(workdir, 'samples.jsonl'), 'w') as f:
+    for r in report.records:
+      f.write(json.dumps(r) + '\n')
+  grid = images_lib.save_grid(
+    os.path.join(workdir, 'grid.png'),
+    report.grid_images,
+    evaluator.grid_captions(report.records, len(report.grid_images)),
+    columns=4,
+    scale=2,
+  )
+  for group, values in report.by_group.items():
+    for value, s in sorted(values.items(), key=lambda kv: str(kv[0])):
+      print(
+        f'  {group}={value}: word_accuracy {s.word_accuracy:.4f}  ned {s.ned:.4f}  '
+        f'({s.n_images} images, {s.n_words} words)'
+      )
+  s = report.summary
+  print(f'metrics: {os.path.join(workdir, "metrics.json")}  grid: {grid}')
+  print(
+    f'{spec}: Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}  '
+    f'({s.n_images} images, {s.n_words} target words, {s.n_failed} OCR failures)'
+  )
+  return report
+
+
+def main(argv):
+  del argv
+  from varrl_jax.checkpoint import CheckpointError
+
+  try:
+    run(_CONFIG.value, _DATA.value, _SPLIT.value, _CHECKPOINT.value, _WORKDIR.value)
+  except (
+    DatasetError,
+    text_lib.PromptError,
+    ScheduleError,
+    ocr_lib.OcrUnavailableError,
+    CheckpointError,
+    ValueError,
+  ) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,64 @@
+"""Scalar metrics to ``metrics.jsonl`` and TensorBoard, from process 0 only.
+
+One JSON object per logged step (``{"step": 100, "loss": 0.31, ...}``), easy
+to read back with pandas or `read_jsonl`; the same scalars go to a
+tensorboardX event file in the same folder. Other processes of a multi-host
+job get a writer that does nothing, so callers need no ``if``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+
+
+class MetricWriter:
+  """Appends scalar metrics to ``logdir/metrics.jsonl`` and TensorBoard."""
+
+  def __init__(self, logdir: str, tensorboard: bool = True):
+    self.logdir = logdir
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    self._file = None
+    if not self.enabled:
+      return
+    os.makedirs(logdir, exist_ok=True)
+    self._file = open(os.path.join(logdir, 'metrics.jsonl'), 'a')
+    if tensorboard:
+      # Imported here: it costs seconds and only writers need it.
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(logdir)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    # NaN/inf are not JSON: write them as strings so the file stays valid.
+    record = {k: (v if math.isfinite(v) else str(v)) for k, v in sorted(values.items())}
+    self._file.write(json.dumps({'step': int(step), 'time': time.time(), **record}))
+    self._file.write('\n')
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """All records of a ``metrics.jsonl`` file."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
