@@ -23,6 +23,9 @@ CORE = [
   'pillow>=10.0',
   'tqdm>=4.66',
   'tensorboardX>=2.6',
+  # Ships the DejaVu fonts the synthetic data renders with (pinned: same
+  # glyphs, same images for a seed).
+  'matplotlib==3.11.2',
 ]
 
 OCR = [
@@ -39,6 +42,13 @@ TEST = [
   'ruff==0.17.6',
 ]
 
+# TFDS without TensorFlow: build with array_record, read with tfds.data_source.
+TFDS = [
+  'tensorflow-datasets==4.9.10',
+  'array_record==0.8.6',
+  'importlib_resources>=6.0',
+]
+
 setup(
   name='varrl_jax',
   version='0.1.0',
@@ -52,12 +62,8 @@ setup(
   install_requires=CORE,
   extras_require={
     'ocr': OCR,
-    'test': TEST + OCR,
-    'tfds': [
-      'tensorflow-datasets==4.9.10',
-      'array_record==0.8.6',
-      'importlib_resources>=6.0',
-    ],
+    'test': TEST + OCR + TFDS,
+    'tfds': TFDS,
     'tpu': ['jax[tpu]==0.10.2'],
   },
 )

@@ -28,6 +28,7 @@ iterator) behind an orbax ``CheckpointManager``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -200,7 +201,11 @@ def load_params(
   last = parts[-1] if parts else 'transformer'
   manifest = read_manifest(path, recreate or _guess_recreate(path, last))
   command = recreate or manifest.get('command') or _guess_recreate(path, last)
-  abstract = nn.unbox(jax.eval_shape(model.init_boxed, jax.random.key(0)))
+  abstract = nn.unbox(
+    jax.eval_shape(
+      functools.partial(model.init_boxed, parts=tuple(parts)), jax.random.key(0)
+    )
+  )
   hint = _config_diff(manifest.get('config'), config)
   out = {}
   with ocp.StandardCheckpointer() as ckptr:

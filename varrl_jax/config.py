@@ -63,6 +63,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.policy = 'cfg'  # 'cfg' (guided logits) | 'cond' for log-probs
   c.sampling.batch_size = 8
 
+  # RL: GRPO with VMR, PANW and MP (varrl_jax/rl/). Paper values in cvtg.py.
+  c.rl = ml_collections.ConfigDict()
+  # Which components are on: 'vanilla' (full-horizon GRPO), 'vmr', 'vmr+panw',
+  # 'full' (vmr+panw+mp). Hyper-parameters below apply where on.
+  c.rl.mode = 'full'
+  c.rl.num_updates = 20  # outer updates (rollout batches) of a run
+  c.rl.prompts_per_update = 4  # prompts per rollout batch (paper: 16)
+  c.rl.group_size = 4  # G: samples (prefixes) per prompt (paper: 16)
+  c.rl.inner_updates = 1  # optimizer steps per rollout batch (old log-probs kept)
+  c.rl.clip_eps = 0.2  # epsilon of the clipped surrogate
+  c.rl.kl_beta = 0.04  # beta of the k3 KL to the frozen reference
+  c.rl.adv_eps = 1e-4  # A = (R - mean) / (std + adv_eps)
+  c.rl.lr = 1e-5
+  c.rl.warmup_steps = 0
+  c.rl.b1 = 0.9
+  c.rl.b2 = 0.95
+  c.rl.weight_decay = 0.05  # on kernels only
+  c.rl.grad_clip = 1.0  # global norm; 0 = off
+  c.rl.vmr = ml_collections.ConfigDict()
+  # Split scale m: an index, 'mNNN' (pixel resolution, e.g. 'm256' at 1024^2)
+  # or 'full'. Scales <= m form the prefix.
+  c.rl.vmr.m = '2'
+  c.rl.vmr.num_branches = 2  # K suffix rollouts per prefix
+  c.rl.vmr.eta = 1.0  # V_m = eta log mean_k exp(R_k / eta)
+  c.rl.vmr.prefix_updates = (
+    3  # alternation prefix : suffix (paper 3:1; Table 4b 300:100)
+  )
+  c.rl.vmr.suffix_updates = 1
+  c.rl.panw = ml_collections.ConfigDict()
+  c.rl.panw.alpha = 0.6  # k_s = (h_s w_s)^-alpha; alpha = 0 when PANW is off
+  c.rl.mp = ml_collections.ConfigDict()
+  c.rl.mp.boxes = 'matched'  # 'matched' (words matched to targets) | 'all' OCR boxes
+  c.rl.mp.dilation = 0  # cells added around the rasterized boxes
+  c.rl.mp.propagation = 'max'  # 'max' | 'area' fine -> coarse pooling
+  c.rl.mp.floor = 0.0  # mask = floor + (1 - floor) mask
+  c.rl.mp.empty = 'ones'  # mask of an image without boxes: 'ones' | 'zeros'
+  c.rl.reward = ml_collections.ConfigDict()
+  c.rl.reward.kind = 'comp_sim_pen'  # 'comp_sim_pen' | 'one_minus_ned'
+  c.rl.reward.fallback = 0.0  # reward of an image whose OCR failed
+
   # OCR engine and its worker pool (varrl_jax/rewards/ocr.py, pool.py).
   c.ocr = ml_collections.ConfigDict()
   c.ocr.engine = 'easyocr'  # 'easyocr' | 'rapidocr'

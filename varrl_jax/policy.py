@@ -113,10 +113,28 @@ def policy_logits(
 ):
   """Teacher-forced policy logits [B, L, V], already divided by T."""
   inputs = model.teacher_inputs(params, tokens_bl)
+  return policy_logits_from_inputs(
+    model, params['transformer'], text_ids, text_mask, inputs, opts
+  )
+
+
+def policy_logits_from_inputs(
+  model: VarModel,
+  transformer_params,
+  text_ids,
+  text_mask,
+  inputs_blc,
+  opts: SamplingOptions,
+):
+  """As `policy_logits` from precomputed next-scale inputs [B, L, C].
+
+  The inputs depend only on the frozen tokenizer and the tokens, so the RL
+  step computes them once per rollout batch and differentiates this part.
+  """
   if opts.uses_uncond and opts.policy == 'cfg':
     ids2, mask2 = with_null_prompt(text_ids, text_mask)
-    inputs = jnp.concatenate([inputs, inputs], axis=0)
-    logits = model.transformer.apply(params['transformer'], ids2, mask2, inputs)
+    inputs = jnp.concatenate([inputs_blc, inputs_blc], axis=0)
+    logits = model.transformer.apply(transformer_params, ids2, mask2, inputs)
     cond, uncond = jnp.split(logits, 2, axis=0)
     sched = model.schedule
     w = jnp.asarray(
@@ -124,7 +142,9 @@ def policy_logits(
     )[None, :, None]
     logits = guide(cond, uncond, w)
   else:
-    logits = model.transformer.apply(params['transformer'], text_ids, text_mask, inputs)
+    logits = model.transformer.apply(
+      transformer_params, text_ids, text_mask, inputs_blc
+    )
   return logits / opts.logprob_temperature
 
 

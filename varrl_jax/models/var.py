@@ -39,15 +39,31 @@ class VarModel:
     params = jax.jit(self.init_boxed)(key)
     return params if boxed else nn.unbox(params)
 
-  def init_boxed(self, key: jax.Array) -> dict:
-    """Pure init (jit/eval_shape-able); leaves are logical-axis boxes."""
+  def init_boxed(self, key: jax.Array, parts=('tokenizer', 'transformer')) -> dict:
+    """Pure init (jit/eval_shape-able); leaves are logical-axis boxes.
+
+    ``parts`` picks which of the two to build; each part's values do not
+    depend on which others are built.
+    """
     k_tok, k_tr = jax.random.split(key)
-    h, w = self.schedule.image_size
-    tok_vars = self.tokenizer.init(k_tok, jnp.zeros((1, h, w, 3), jnp.float32))
-    text = jnp.zeros((1, self.cfg.text_len), jnp.int32)
-    inputs = jnp.zeros((1, self.schedule.num_tokens, self.cfg.latent_dim), jnp.float32)
-    tr_vars = self.transformer.init(k_tr, text, text > 0, inputs)
-    return {'tokenizer': tok_vars, 'transformer': tr_vars}
+    out = {}
+    if 'tokenizer' in parts:
+      h, w = self.schedule.image_size
+      out['tokenizer'] = self.tokenizer.init(
+        k_tok, jnp.zeros((1, h, w, 3), jnp.float32)
+      )
+    if 'transformer' in parts:
+      text = jnp.zeros((1, self.cfg.text_len), jnp.int32)
+      inputs = jnp.zeros(
+        (1, self.schedule.num_tokens, self.cfg.latent_dim), jnp.float32
+      )
+      out['transformer'] = self.transformer.init(k_tr, text, text > 0, inputs)
+    return out
+
+  def init_part(self, key: jax.Array, part: str) -> dict:
+    """Random unboxed params of one part; equal to ``init(key)[part]``."""
+    fn = jax.jit(lambda k: self.init_boxed(k, parts=(part,))[part])
+    return nn.unbox(fn(key))
 
   # -- tokenizer helpers shared by the sampler and the teacher-forced pass ---
 

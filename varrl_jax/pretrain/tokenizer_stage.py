@@ -173,7 +173,7 @@ def reconstruct_by_scale(model: VarModel, tok_params, images_u8) -> jnp.ndarray:
 
 
 def init_state(model: VarModel, optimizer, seed: int) -> TokenizerState:
-  params = model.init(jax.random.key(seed))['tokenizer']
+  params = model.init_part(jax.random.key(seed), 'tokenizer')
   state = TokenizerState(
     params=params,
     opt_state=optimizer.init(params),

@@ -126,7 +126,7 @@ def train(
   )['tokenizer']
   stage_dir = os.path.join(workdir, 'transformer')
   optimizer, schedule = loop.make_optimizer(sc)
-  params = model.init(jax.random.key(config.seed))['transformer']
+  params = model.init_part(jax.random.key(config.seed), 'transformer')
   state = TransformerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
   # Committed like the step's outputs, so step 2 does not compile again.
   state = jax.device_put(state, jax.devices()[0])

@@ -1,0 +1,181 @@
+"""GRPO: equations against their definitions, and the jitted step on the toy model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from varrl_jax import sampling
+from varrl_jax.models import text
+from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import grpo, panw, vmr
+
+OPTS = SamplingOptions(cfg_scale=3.0, top_k=4, top_p=0.9)
+
+
+def test_group_advantages_definition():
+  r = np.array([[1.0, 0.0, 0.5, 0.5], [2.0, 2.0, 2.0, 2.0]])
+  a = np.asarray(grpo.group_advantages(r, 1e-4))
+  expected = (r[0] - r[0].mean()) / (r[0].std() + 1e-4)
+  np.testing.assert_allclose(a[0], expected, rtol=1e-5)
+  np.testing.assert_array_equal(a[1], 0.0)  # a group with equal rewards: no signal
+
+
+def test_token_terms_definition():
+  logp = jnp.log(jnp.array([[0.5, 0.5, 0.2]]))
+  old = jnp.log(jnp.array([[0.25, 0.5, 0.4]]))
+  ref = jnp.log(jnp.array([[0.5, 0.25, 0.2]]))
+  surr, kl, ratio, clipped = grpo.token_terms(logp, old, ref, jnp.array([1.0]), 0.2)
+  np.testing.assert_allclose(ratio, [[2.0, 1.0, 0.5]], rtol=1e-6)
+  # A > 0: min(rho A, clip(rho) A) = [1.2, 1.0, 0.5]; clipped where rho > 1 + eps.
+  np.testing.assert_allclose(surr, [[1.2, 1.0, 0.5]], rtol=1e-6)
+  np.testing.assert_array_equal(clipped, [[1.0, 0.0, 0.0]])
+  r = np.log([0.5, 0.25, 0.2]) - np.log([0.5, 0.5, 0.2])
+  np.testing.assert_allclose(kl, [np.exp(r) - r - 1], rtol=1e-5, atol=1e-7)
+  assert float(kl[0, 0]) == 0.0 and float(kl[0, 2]) == 0.0
+  # A < 0: the pessimistic bound clips low ratios.
+  surr_neg, *_ = grpo.token_terms(logp, old, ref, jnp.array([-1.0]), 0.2)
+  np.testing.assert_allclose(surr_neg, [[-2.0, -1.0, -0.8]], rtol=1e-6)
+
+
+def _batch(model, params, seed=0, mask=None, weights=None):
+  prompts = ["a sign that reads 'OPEN'", "a red poster that reads 'SALE'"] * 2
+  ids, tmask = text.encode(prompts, model.cfg.text_len)
+  out = sampling.Sampler(model, OPTS).sample(params, ids, tmask, jax.random.key(seed))
+  inputs = model.teacher_inputs(params, out.tokens)
+  ref = grpo.make_logprob_fn(model, OPTS)(
+    params['transformer'], ids, tmask, inputs, out.tokens
+  )
+  L = model.schedule.num_tokens
+  return {
+    'text_ids': jnp.asarray(ids),
+    'text_mask': jnp.asarray(tmask),
+    'inputs': inputs,
+    'tokens': out.tokens,
+    'old_logp': out.logprobs,
+    'ref_logp': ref,
+    'advantages': grpo.group_advantages(jnp.array([[1.0, 0.0], [0.3, 0.9]])).reshape(
+      -1
+    ),
+    'mask': jnp.ones((4, L)) if mask is None else mask,
+    'weights': jnp.asarray(
+      panw.token_weights(model.schedule, 0.6) if weights is None else weights
+    ),
+    'on_policy': jnp.array(1.0),
+  }
+
+
+def _setup(config, model, params):
+  optimizer = grpo.make_optimizer(config.rl)
+  step = grpo.make_train_step(model, OPTS, grpo.GrpoHParams(), optimizer, 0.6)
+  return optimizer, step
+
+
+def _fresh_state(params, optimizer):
+  copy = jax.tree.map(jnp.array, params['transformer'])
+  return grpo.init_state(copy, optimizer)
+
+
+def test_first_inner_update_has_ratio_exactly_one_and_kl_zero(toy):
+  config, model, params = toy
+  optimizer, step = _setup(config, model, params)
+  batch = _batch(model, params)
+  state, metrics, logp = step(_fresh_state(params, optimizer), batch)
+  assert float(metrics['ratio']) == 1.0
+  np.testing.assert_array_equal(np.asarray(metrics['scale/ratio']), 1.0)
+  assert float(metrics['clip_frac']) == 0.0
+  # Policy == reference before the update: k3 KL vanishes (up to float rounding
+  # between the two compiled programs).
+  assert abs(float(metrics['kl'])) < 1e-6
+  # The teacher-forced log-probs equal the sampler's (<= 1e-4).
+  assert float(jnp.abs(logp - batch['old_logp']).max()) <= 1e-4
+  # A second inner update with the returned old log-probs moves the ratio.
+  batch2 = dict(batch, old_logp=logp, on_policy=jnp.array(0.0))
+  _, metrics2, _ = step(state, batch2)
+  assert float(metrics2['ratio']) != 1.0
+
+
+def test_masked_and_off_stage_tokens_get_zero_gradient(toy):
+  config, model, params = toy
+  sched = model.schedule
+  prefix, _ = vmr.stage_tokens(sched, 1)
+  weights = panw.token_weights(sched, 0.6, vmr.stage_scales(sched, 1)[0])
+  mask = jnp.ones((4, sched.num_tokens)).at[:, :3].set(0.0)
+  batch = _batch(model, params, mask=mask * prefix[None], weights=weights)
+  hp = grpo.GrpoHParams()
+
+  def reduce(logp):
+    ell = grpo.per_token_loss(
+      logp,
+      jax.lax.stop_gradient(logp),
+      batch['ref_logp'],
+      batch['advantages'],
+      hp.clip_eps,
+      hp.kl_beta,
+    )
+    return panw.weighted_sum(ell, batch['weights'], batch['mask'])
+
+  g = np.asarray(jax.grad(reduce)(batch['old_logp']))
+  assert (g[:, :3] == 0).all()  # mask 0
+  assert (g[:, prefix == 0] == 0).all()  # suffix tokens in a prefix update
+  assert (np.abs(g[:, 3:][:, prefix[3:] == 1]) > 0).any()
+  # With every token masked the parameters get exactly zero gradient.
+  optimizer, step = _setup(config, model, params)
+  zero = dict(batch, mask=jnp.zeros_like(batch['mask']))
+  _, metrics, _ = step(_fresh_state(params, optimizer), zero)
+  assert float(metrics['grad_norm']) == 0.0
+
+
+def test_one_update_changes_params_and_is_deterministic(toy):
+  config, model, params = toy
+  optimizer, step = _setup(config, model, params)
+  batch = _batch(model, params, seed=3)
+  a, ma, _ = step(_fresh_state(params, optimizer), batch)
+  b, mb, _ = step(_fresh_state(params, optimizer), batch)
+  leaves_a, leaves_b = jax.tree.leaves(a.params), jax.tree.leaves(b.params)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  changed = [
+    float(jnp.abs(x - y).max())
+    for x, y in zip(leaves_a, jax.tree.leaves(params['transformer']))
+  ]
+  assert max(changed) > 0
+  assert int(a.step) == 1
+  shares = np.asarray(ma['scale/grad_share'])
+  assert shares.shape == (model.schedule.num_scales,)
+  np.testing.assert_allclose(shares.sum(), 1.0, rtol=1e-5)
+  for k in ('loss', 'kl', 'entropy', 'grad_norm'):
+    assert np.isfinite(float(ma[k])) and float(ma[k]) == float(mb[k])
+
+
+def test_weight_decay_applies_to_kernels_only(toy):
+  config, _, params = toy
+  c = config.rl.copy_and_resolve_references()
+  c.lr, c.weight_decay, c.grad_clip = 0.1, 0.5, 0.0
+  optimizer = grpo.make_optimizer(c)
+  p = params['transformer']
+  zero_grads = jax.tree.map(jnp.zeros_like, p)
+  updates, _ = optimizer.update(zero_grads, optimizer.init(p), p)
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for path, u in flat:
+    name = getattr(path[-1], 'key', '')
+    if name == 'kernel':
+      assert float(jnp.abs(u).max()) > 0
+    else:
+      assert float(jnp.abs(u).max()) == 0.0, path
+
+
+@pytest.mark.parametrize('policy', ['cfg', 'cond'])
+def test_policy_choice_changes_logprobs(toy, policy):
+  _, model, params = toy
+  batch = _batch(model, params)
+  opts = SamplingOptions(cfg_scale=3.0, policy=policy)
+  lp = grpo.make_logprob_fn(model, opts)(
+    params['transformer'],
+    batch['text_ids'],
+    batch['text_mask'],
+    batch['inputs'],
+    batch['tokens'],
+  )
+  same = float(jnp.abs(lp - batch['ref_logp']).max()) < 1e-6
+  assert same == (policy == 'cfg')

@@ -1,0 +1,120 @@
+"""Parameter checkpoints: exact round trip, and one-line errors for bad ones."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import toy_config
+from varrl_jax import checkpoint
+from varrl_jax.models.var import build_model
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def saved(toy, tmp_path_factory):
+  """A full toy checkpoint laid out like the transformer stage's output."""
+  config, _, params = toy
+  path = str(tmp_path_factory.mktemp('w') / 'transformer' / 'checkpoints' / 'final')
+  checkpoint.save_params(
+    path, params, {'config': config.to_dict(), 'command': 'CMD', 'step': 7}
+  )
+  return path
+
+
+def _one_line_error(excinfo, path, *needles):
+  msg = str(excinfo.value)
+  assert '\n' not in msg
+  assert os.path.abspath(path) in msg
+  for needle in needles:
+    assert needle in msg, msg
+  return msg
+
+
+def test_round_trip_is_exact(toy, saved):
+  _, model, params = toy
+  loaded = checkpoint.load_params(saved, model)
+  _assert_trees_equal(loaded, params)
+  manifest = checkpoint.read_manifest(saved)
+  assert manifest['parts'] == ['tokenizer', 'transformer'] and manifest['step'] == 7
+
+
+def test_tokenizer_part_alone(toy, tmp_path):
+  config, model, params = toy
+  path = str(tmp_path / 'tokenizer' / 'checkpoints' / 'final')
+  checkpoint.save_params(path, {'tokenizer': params['tokenizer']}, {})
+  loaded = checkpoint.load_params(path, model, ('tokenizer',))
+  _assert_trees_equal(loaded['tokenizer'], params['tokenizer'])
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_params(path, model)
+  # The recreate command is inferred from the WORKDIR/<stage>/checkpoints layout.
+  _one_line_error(
+    e,
+    path,
+    'holds no transformer parameters',
+    f'python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer '
+    f'--workdir={tmp_path}',
+  )
+
+
+def test_missing_directory(toy, tmp_path):
+  _, model, _ = toy
+  path = str(tmp_path / 'nope')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_params(path, model, recreate='python -m varrl_jax.pretrain X')
+  _one_line_error(e, path, 'no such directory', 'python -m varrl_jax.pretrain X')
+
+
+@pytest.mark.parametrize(
+  'damage', ['no_manifest', 'bad_manifest', 'bad_metadata', 'bad_data']
+)
+def test_damaged_checkpoint(toy, saved, tmp_path, damage):
+  _, model, _ = toy
+  path = str(tmp_path / 'copy')
+  import shutil
+
+  shutil.copytree(saved, path)
+  if damage == 'no_manifest':
+    os.remove(os.path.join(path, 'manifest.json'))
+  elif damage == 'bad_manifest':
+    with open(os.path.join(path, 'manifest.json'), 'w') as f:
+      f.write('{not json')
+  else:
+    # Every metadata file, or every array data file, of the transformer part.
+    for root, _, files in os.walk(os.path.join(path, 'transformer')):
+      for name in files:
+        is_data = os.path.basename(root) == 'd'
+        if is_data == (damage == 'bad_data'):
+          with open(os.path.join(root, name), 'wb') as f:
+            f.write(b'garbage')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_params(path, model)
+  # With a readable manifest the recreate command is the recorded one.
+  needle = (
+    'CMD' if damage.startswith('bad_') and damage != 'bad_manifest' else 'pretrain'
+  )
+  _one_line_error(e, path, needle)
+
+
+def test_shape_mismatch_names_parameter_and_config(saved):
+  config = toy_config()
+  config.model.d_model = 48
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_params(saved, build_model(config), config=config.to_dict())
+  _one_line_error(
+    e, saved, 'transformer: parameter', 'model.d_model: checkpoint 32 vs config 48'
+  )
+
+
+def test_manifest_is_json_with_config(saved):
+  with open(os.path.join(saved, 'manifest.json')) as f:
+    manifest = json.load(f)
+  assert manifest['config']['tokenizer']['codebook_size'] == 64
+  assert manifest['command'] == 'CMD' and manifest['format'] == checkpoint.FORMAT

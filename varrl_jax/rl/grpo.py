@@ -1,0 +1,209 @@
+"""GRPO for next-scale prediction: advantages, per-token loss, the jitted step.
+
+Group advantages (G samples of one prompt):
+
+    A_j = (R_j - mean_g R) / (std_g R + eps)
+
+Per token i of sample j, with log-probs of the policy (`varrl_jax.policy`):
+
+    rho_i  = exp(log pi(a_i) - log pi_old(a_i))
+    surr_i = min(rho_i A_j, clip(rho_i, 1 - epsilon, 1 + epsilon) A_j)
+    kl_i   = exp(r_i) - r_i - 1,   r_i = log pi_ref(a_i) - log pi(a_i)     (k3)
+    l_i    = -surr_i + beta kl_i
+
+reduced with PANW weights and the token mask (MP mask x stage selector):
+``loss = mean_j sum_i w_i mask_ji l_ji`` (`panw.weighted_sum`).
+
+log pi_old is the teacher-forced log-prob before the update. On the first
+inner update of a rollout batch (``batch['on_policy'] = 1``) the step uses its
+own log-probs, stop-gradient, as log pi_old, so rho = 1 exactly; it returns
+them (``aux['logp']``) for the later inner updates of the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from varrl_jax import policy as policy_lib
+from varrl_jax.models.var import VarModel
+from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import panw
+
+
+def group_advantages(rewards, eps: float = 1e-4):
+  """A = (R - mean) / (std + eps) over the last axis (one group per row)."""
+  rewards = jnp.asarray(rewards, jnp.float32)
+  mean = rewards.mean(axis=-1, keepdims=True)
+  std = rewards.std(axis=-1, keepdims=True)
+  return (rewards - mean) / (std + eps)
+
+
+def token_terms(logp, old_logp, ref_logp, adv_b, clip_eps: float):
+  """Per-token (surrogate, kl, ratio, clipped) [B, L] of the GRPO objective."""
+  ratio = jnp.exp(logp - old_logp)
+  adv = adv_b[:, None]
+  unclipped = ratio * adv
+  clipped_ratio = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+  surrogate = jnp.minimum(unclipped, clipped_ratio * adv)
+  r = ref_logp - logp
+  kl = jnp.exp(r) - r - 1.0
+  clipped = (clipped_ratio * adv < unclipped).astype(jnp.float32)
+  return surrogate, kl, ratio, clipped
+
+
+def per_token_loss(logp, old_logp, ref_logp, adv_b, clip_eps: float, kl_beta: float):
+  """l_i = -surr_i + beta kl_i, [B, L]."""
+  surrogate, kl, _, _ = token_terms(logp, old_logp, ref_logp, adv_b, clip_eps)
+  return -surrogate + kl_beta * kl
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The trainable transformer params, their optimizer state and the step."""
+
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoHParams:
+  clip_eps: float = 0.2
+  kl_beta: float = 0.04
+
+  @classmethod
+  def from_config(cls, rl: ml_collections.ConfigDict) -> GrpoHParams:
+    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta))
+
+
+def make_optimizer(rl: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW (lr, b1, b2, wd on kernels only) after global-norm clipping."""
+  lr = rl.lr
+  if rl.warmup_steps > 0:
+    lr = optax.linear_schedule(0.0, rl.lr, rl.warmup_steps)
+
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params
+    )
+
+  chain = [optax.clip_by_global_norm(rl.grad_clip)] if rl.grad_clip > 0 else []
+  chain.append(
+    optax.adamw(lr, b1=rl.b1, b2=rl.b2, weight_decay=rl.weight_decay, mask=decay_mask)
+  )
+  return optax.chain(*chain)
+
+
+def init_state(transformer_params, optimizer) -> TrainState:
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=transformer_params,
+    opt_state=optimizer.init(transformer_params),
+  )
+
+
+def _per_scale(x_bl, w_bl, onehot_ls):
+  """Weighted mean of x within each scale, [S]."""
+  num = (x_bl * w_bl).sum(0) @ onehot_ls
+  den = w_bl.sum(0) @ onehot_ls
+  return num / jnp.maximum(den, 1e-12)
+
+
+def make_train_step(
+  model: VarModel,
+  opts: SamplingOptions,
+  hp: GrpoHParams,
+  optimizer: optax.GradientTransformation,
+  alpha: float,
+):
+  """The jitted ``train_step(state, batch) -> (state, metrics, logp)``.
+
+  ``batch``: text_ids [B, T_t], text_mask [B, T_t], inputs [B, L, C]
+  (`VarModel.teacher_inputs`), tokens [B, L], old_logp [B, L], ref_logp
+  [B, L], advantages [B], mask [B, L] (MP mask x stage selector), weights
+  [L] (`panw.token_weights` of the stage), on_policy [] (1.0 on the first
+  inner update). The state is donated.
+  """
+  sched = model.schedule
+  onehot = jnp.asarray(np.eye(sched.num_scales, dtype=np.float32)[sched.scale_index])
+  k_s = jnp.asarray(panw.scale_weights(sched, alpha))
+
+  def logp_and_entropy(params, batch):
+    logits = policy_lib.policy_logits_from_inputs(
+      model, params, batch['text_ids'], batch['text_mask'], batch['inputs'], opts
+    )
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    logp = jnp.take_along_axis(log_probs, batch['tokens'][..., None], axis=-1)[..., 0]
+    entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)
+    return logp, entropy
+
+  def reduce(logp, old_logp, batch):
+    ell = per_token_loss(
+      logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps, hp.kl_beta
+    )
+    return panw.weighted_sum(ell, batch['weights'], batch['mask'])
+
+  def loss_fn(params, batch):
+    logp, entropy = logp_and_entropy(params, batch)
+    old_logp = jnp.where(
+      batch['on_policy'] > 0, jax.lax.stop_gradient(logp), batch['old_logp']
+    )
+    return reduce(logp, old_logp, batch), (logp, old_logp, entropy)
+
+  def train_step(state: TrainState, batch):
+    (loss, (logp, old_logp, entropy)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True
+    )(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+
+    # Diagnostics (no gradient): per-scale KL, entropy, ratio, clipping,
+    # the share of |dloss/dlogp| per scale, mask coverage.
+    logp = jax.lax.stop_gradient(logp)
+    surrogate, kl, ratio, clipped = token_terms(
+      logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps
+    )
+    dlogp = jax.grad(reduce)(logp, old_logp, batch)
+    abs_share = jnp.abs(dlogp).sum(0) @ onehot
+    w = batch['mask'] * (batch['weights'][None] > 0)
+    ones = jnp.ones_like(logp)
+    metrics = {
+      'loss': loss,
+      'grad_norm': optax.global_norm(grads),
+      'kl': (kl * w).sum() / jnp.maximum(w.sum(), 1e-12),
+      'ratio': (ratio * w).sum() / jnp.maximum(w.sum(), 1e-12),
+      'clip_frac': (clipped * w).sum() / jnp.maximum(w.sum(), 1e-12),
+      'entropy': (entropy * w).sum() / jnp.maximum(w.sum(), 1e-12),
+      'surrogate': (surrogate * w).sum() / jnp.maximum(w.sum(), 1e-12),
+      'scale/kl': _per_scale(kl, w, onehot),
+      'scale/entropy': _per_scale(entropy, ones, onehot),
+      'scale/ratio': _per_scale(ratio, w, onehot),
+      'scale/clip_frac': _per_scale(clipped, w, onehot),
+      'scale/grad_share': abs_share / jnp.maximum(abs_share.sum(), 1e-12),
+      'scale/mask_coverage': _per_scale(batch['mask'], ones, onehot),
+      'scale/panw_weight': k_s,
+    }
+    return new_state, metrics, logp
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_logprob_fn(model: VarModel, opts: SamplingOptions):
+  """Jitted teacher-forced log-probs from precomputed inputs (reference policy)."""
+
+  def fn(transformer_params, text_ids, text_mask, inputs, tokens):
+    logits = policy_lib.policy_logits_from_inputs(
+      model, transformer_params, text_ids, text_mask, inputs, opts
+    )
+    return policy_lib.token_logprobs(logits, tokens)
+
+  return jax.jit(fn)
