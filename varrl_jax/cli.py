@@ -60,7 +60,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=parse_flags)``."""
   try:
     check_overrides(argv)
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    # Orbax and JAX log every checkpoint and compile at INFO; researchers see
+    # warnings unless they ask for more with --verbosity=0.
+    if not flags.FLAGS['verbosity'].present:
+      from absl import logging
+
+      logging.set_verbosity(logging.WARNING)
+    return rest
   except ConfigKeyError as e:
     print(f'error: {e}', file=sys.stderr)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

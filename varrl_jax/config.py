@@ -69,9 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
   # 'full' (vmr+panw+mp). Hyper-parameters below apply where on.
   c.rl.mode = 'full'
   c.rl.num_updates = 20  # outer updates (rollout batches) of a run
+  c.rl.data_seed = 0  # seed of the synthetic 'train' prompt stream
   c.rl.prompts_per_update = 4  # prompts per rollout batch (paper: 16)
   c.rl.group_size = 4  # G: samples (prefixes) per prompt (paper: 16)
   c.rl.inner_updates = 1  # optimizer steps per rollout batch (old log-probs kept)
+  # Rollouts are sampled in this many equal parts; OCR of a part overlaps the
+  # sampling of the next (prompts_per_update must be divisible by it).
+  c.rl.rollout_chunks = 2
   c.rl.clip_eps = 0.2  # epsilon of the clipped surrogate
   c.rl.kl_beta = 0.04  # beta of the k3 KL to the frozen reference
   c.rl.adv_eps = 1e-4  # A = (R - mean) / (std + adv_eps)
@@ -91,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     3  # alternation prefix : suffix (paper 3:1; Table 4b 300:100)
   )
   c.rl.vmr.suffix_updates = 1
+  # Group of a suffix update's advantages: 'prompt' (all G K samples of a
+  # prompt) | 'prefix' (the K branches of one prefix: pure suffix credit).
+  c.rl.vmr.suffix_group = 'prompt'
   c.rl.panw = ml_collections.ConfigDict()
   c.rl.panw.alpha = 0.6  # k_s = (h_s w_s)^-alpha; alpha = 0 when PANW is off
   c.rl.mp = ml_collections.ConfigDict()

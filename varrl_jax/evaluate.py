@@ -15,7 +15,6 @@ image). Sampling follows ``config.sampling``; the seed is ``config.eval.seed``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -31,7 +30,8 @@ from varrl_jax.models import text as text_lib
 from varrl_jax.models.schedule import ScheduleError
 from varrl_jax.models.var import build_model
 from varrl_jax.rewards import ocr as ocr_lib
-from varrl_jax.rewards.pool import OcrPool
+from varrl_jax.rewards.service import make_pool
+from varrl_jax.weights import load_weights
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file.', lock_config=True
@@ -44,35 +44,6 @@ _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', None, "Checkpoint (default: the config's)."
 )
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/eval', 'Output folder.')
-
-
-def engine_factory(config):
-  """Picklable factory for the configured OCR engine (one per worker)."""
-  kwargs = {}
-  if config.ocr.engine == 'easyocr':
-    kwargs['num_threads'] = config.ocr.threads_per_worker
-  return functools.partial(ocr_lib.make_engine, config.ocr.engine, **kwargs)
-
-
-def make_pool(config) -> OcrPool:
-  return OcrPool(
-    engine_factory(config),
-    num_workers=config.ocr.num_workers,
-    timeout_s=config.ocr.timeout_s,
-    cache_size=config.ocr.cache_size,
-  )
-
-
-def load_weights(config, model, checkpoint: str | None):
-  """(params, description): ``checkpoint``, else config.init_checkpoint, else random."""
-  import jax
-
-  from varrl_jax import checkpoint as ckpt_lib
-
-  path = checkpoint or config.init_checkpoint
-  if not path:
-    return model.init(jax.random.key(config.seed)), f'random init (seed {config.seed})'
-  return ckpt_lib.load_params(path, model, config=config.to_dict()), path
 
 
 def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from varrl_jax import cli, sampling
+from varrl_jax import checkpoint, cli, sampling
 from varrl_jax import images as images_lib
 from varrl_jax.models import text as text_lib
 from varrl_jax.models.schedule import ScheduleError
@@ -85,11 +85,16 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
     batch = [p for p in prompts for _ in range(num_per_prompt)]
     ids, mask = text_lib.encode(batch, config.model.text_len)
     opts = SamplingOptions.from_config(config.sampling)
-  # Until the pretrained tiny checkpoint ships (issue 5), weights are random.
-  logging.warning(
-    'No checkpoint configured: sampling from randomly initialised weights.'
-  )
-  params = model.init(jax.random.key(seed))
+  if config.init_checkpoint:
+    params = checkpoint.load_params(
+      config.init_checkpoint, model, config=config.to_dict()
+    )
+  else:
+    logging.warning(
+      'No checkpoint configured (config.init_checkpoint is empty): sampling '
+      'from randomly initialised weights.'
+    )
+    params = model.init(jax.random.key(seed))
   os.makedirs(workdir, exist_ok=True)
 
   if reconstruct:
@@ -139,7 +144,12 @@ def main(argv):
       _OCR.value,
       _RECONSTRUCT.value,
     )
-  except (text_lib.PromptError, ScheduleError, ValueError) as e:
+  except (
+    text_lib.PromptError,
+    ScheduleError,
+    ValueError,
+    checkpoint.CheckpointError,
+  ) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

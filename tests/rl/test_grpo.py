@@ -19,6 +19,10 @@ def test_group_advantages_definition():
   expected = (r[0] - r[0].mean()) / (r[0].std() + 1e-4)
   np.testing.assert_allclose(a[0], expected, rtol=1e-5)
   np.testing.assert_array_equal(a[1], 0.0)  # a group with equal rewards: no signal
+  # Exactly zero even where float32 could not represent the mean exactly.
+  np.testing.assert_array_equal(
+    grpo.group_advantages(np.full((1, 16), -0.6, np.float32)), 0.0
+  )
 
 
 def test_token_terms_definition():

@@ -172,8 +172,8 @@ def reconstruct_by_scale(model: VarModel, tok_params, images_u8) -> jnp.ndarray:
   return jnp.stack(outs, axis=1)
 
 
-def init_state(model: VarModel, optimizer, seed: int) -> TokenizerState:
-  params = model.init_part(jax.random.key(seed), 'tokenizer')
+def init_state(model: VarModel, optimizer, params) -> TokenizerState:
+  """The step-0 state around the tokenizer variables ``params``."""
   state = TokenizerState(
     params=params,
     opt_state=optimizer.init(params),
@@ -190,7 +190,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
   model = build_model(config)
   stage_dir = os.path.join(workdir, 'tokenizer')
   optimizer, schedule = loop.make_optimizer(sc)
-  state = init_state(model, optimizer, config.seed)
+  params = model.init_part(jax.random.key(config.seed), 'tokenizer')
+  state = init_state(model, optimizer, params)
   train_step = make_train_step(model, optimizer, sc)
   base_key = jax.random.key(config.seed)
 

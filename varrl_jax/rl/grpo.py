@@ -38,12 +38,16 @@ from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import panw
 
 
-def group_advantages(rewards, eps: float = 1e-4):
-  """A = (R - mean) / (std + eps) over the last axis (one group per row)."""
-  rewards = jnp.asarray(rewards, jnp.float32)
+def group_advantages(rewards, eps: float = 1e-4) -> np.ndarray:
+  """A = (R - mean) / (std + eps) over the last axis (one group per row).
+
+  Host-side, in float64: with eps = 1e-4, float32 rounding of the mean of
+  equal rewards would otherwise turn "no signal" into advantages of ~1e-3.
+  """
+  rewards = np.asarray(rewards, np.float64)
   mean = rewards.mean(axis=-1, keepdims=True)
   std = rewards.std(axis=-1, keepdims=True)
-  return (rewards - mean) / (std + eps)
+  return ((rewards - mean) / (std + eps)).astype(np.float32)
 
 
 def token_terms(logp, old_logp, ref_logp, adv_b, clip_eps: float):

@@ -1,0 +1,142 @@
+"""The RL host loop end to end on the toy model with an injected OCR engine."""
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import toy_config
+from varrl_jax.models.var import build_model
+from varrl_jax.rewards.pool import OcrPool
+from varrl_jax.rewards.types import OcrResult, OcrWord
+from varrl_jax.rl import loop
+
+
+class ReadsWhenBright:
+  """Reads 'OPEN' when the top-left pixel is bright: rewards vary across samples."""
+
+  def read(self, image):
+    if int(image[0, 0].mean()) > 127:
+      return OcrResult(words=(OcrWord('OPEN', (0.0, 0.0, 8.0, 8.0), 0.9),))
+    return OcrResult(words=(OcrWord('QQ', (20.0, 8.0, 30.0, 16.0), 0.5),))
+
+
+class AlwaysFails:
+  def read(self, image):
+    raise RuntimeError('engine broke')
+
+
+def rl_config(mode='full'):
+  c = toy_config()
+  c.rl.mode = mode
+  c.rl.prompts_per_update = 2
+  c.rl.group_size = 2
+  c.rl.vmr.num_branches = 2
+  c.rl.vmr.m = '1'
+  c.rl.rollout_chunks = 2
+  c.rl.inner_updates = 2
+  c.rl.lr = 1e-3
+  c.sampling.cfg_scale = 2.0
+  c.sampling.top_k = 8
+  return c
+
+
+PROMPTS = [
+  ("a sign that reads 'OPEN'", ('OPEN',)),
+  ("a poster that reads 'SALE'", ('SALE',)),
+]
+
+
+def test_phase_schedule():
+  m = loop.Method(True, True, True, 1, 0.6)
+  assert [loop.phase_of(u, m, 3, 1) for u in range(8)] == ['prefix'] * 3 + [
+    'suffix'
+  ] + ['prefix'] * 3 + ['suffix']
+  assert (
+    loop.phase_of(299, m, 300, 100) == 'prefix'
+    and loop.phase_of(300, m, 300, 100) == 'suffix'
+  )
+  vanilla = loop.Method(False, False, False, 2, 0.0)
+  assert loop.phase_of(3, vanilla, 3, 1) == 'full'
+
+
+def test_modes_resolve_components(toy):
+  _, model, _ = toy
+  full = loop.Method.from_config(rl_config('full'), model)
+  assert (full.use_vmr, full.use_panw, full.use_mp, full.m, full.alpha) == (
+    True,
+    True,
+    True,
+    1,
+    0.6,
+  )
+  van = loop.Method.from_config(rl_config('vanilla'), model)
+  assert (van.use_vmr, van.use_panw, van.use_mp, van.m, van.alpha) == (
+    False,
+    False,
+    False,
+    2,
+    0.0,
+  )
+  c = rl_config('vmr')
+  c.rl.vmr.m = 'full'  # a split at the last scale is full-horizon GRPO
+  assert not loop.Method.from_config(c, model).use_vmr
+  c.rl.mode = 'grpo'
+  with pytest.raises(ValueError, match='config.rl.mode must be one of'):
+    loop.Method.from_config(c, model)
+
+
+def _run(mode, updates, params, engine=ReadsWhenBright, config=None):
+  config = config or rl_config(mode)
+  model = build_model(config)
+  with OcrPool(engine, num_workers=0) as pool:
+    trainer = loop.Trainer(config, model, params, pool)
+    out = [trainer.run_update(u, PROMPTS, jax.random.key(u)) for u in range(updates)]
+  return trainer, out
+
+
+@pytest.mark.parametrize('mode', ['full', 'vanilla'])
+def test_updates_run_and_are_deterministic(toy, mode):
+  _, _, params = toy
+  trainer, out = _run(mode, 2 if mode == 'vanilla' else 4, params)
+  metrics, ro, scored, phase = out[0]
+  p, g, k = ro.shape
+  assert (p, g) == (2, 2) and k == (2 if mode == 'full' else 1)
+  assert ro.images.shape == (p * g * k, 16, 32, 3)
+  for key in (
+    'reward/mean',
+    'adv/std',
+    'train/loss',
+    'train/kl',
+    'scale0/grad_share',
+    'scale2/mask_coverage',
+  ):
+    assert key in metrics and np.isfinite(metrics[key]), key
+  phases = [o[3] for o in out]
+  assert phases == (['prefix'] * 3 + ['suffix'] if mode == 'full' else ['full'] * 2)
+  if mode == 'full':
+    assert 'vmr/value_mean' in metrics
+    # Prefix updates touch no suffix token.
+    assert metrics['scale2/grad_share'] == 0.0 and out[3][0]['scale0/grad_share'] == 0.0
+  before = jax.tree.leaves(params['transformer'])
+  after = jax.tree.leaves(trainer.state.params)
+  assert (
+    max(
+      float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(after, before)
+    )
+    > 0
+  )
+  trainer2, _ = _run(mode, 2 if mode == 'vanilla' else 4, params)
+  for a, b in zip(after, jax.tree.leaves(trainer2.state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_failed_ocr_gets_fallback_and_nan_stops(toy):
+  _, _, params = toy
+  c = rl_config('full')
+  c.rl.reward.fallback = 0.25
+  _, out = _run('full', 1, params, engine=AlwaysFails, config=c)
+  metrics = out[0][0]
+  assert metrics['reward/mean'] == pytest.approx(0.25) and metrics['ocr/failures'] == 8
+  c.rl.reward.fallback = float('nan')
+  with pytest.raises(loop.NonFiniteError, match='non-finite reward at update 0'):
+    _run('full', 1, params, engine=AlwaysFails, config=c)

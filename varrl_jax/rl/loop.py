@@ -1,0 +1,257 @@
+"""The host loop: rollouts -> rewards -> advantages / VMR / masks -> GRPO steps.
+
+Phases (DESIGN.md section 3):
+
+- ``full`` (mode 'vanilla', or a split at the last scale): G samples per
+  prompt, A from the terminal rewards, every token updated.
+- ``prefix``: G prefixes per prompt, K suffix branches each; the prefix's
+  return is V_m = eta log mean_k exp(R_k / eta); A from the G values of a
+  prompt; only prefix tokens (scales <= m) are updated; the teacher-forced
+  pass uses branch 0 (prefix logits never depend on suffix tokens).
+- ``suffix``: the same rollouts; A from the terminal rewards with the group
+  ``config.rl.vmr.suffix_group``: 'prompt' (all G K samples of a prompt) or
+  'prefix' (the K branches of one prefix); only suffix tokens are updated.
+
+Prefix and suffix updates alternate ``prefix_updates : suffix_updates``
+(paper 3:1; Table 4b's coarse schedule is 300:100). The MP mask of a row is
+propagated from its reward boxes; a prefix row takes the union over its K
+branches. PANW weights are normalized over the updated stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varrl_jax.models.var import VarModel
+from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import grpo, masks, panw, rollout, vmr
+from varrl_jax.sampling import Sampler
+
+MODES = {
+  'vanilla': (False, False, False),
+  'vmr': (True, False, False),
+  'vmr+panw': (True, True, False),
+  'full': (True, True, True),
+}
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/inf loss or reward; the message says which and at which update."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """The resolved method: which components are on and their constants."""
+
+  use_vmr: bool
+  use_panw: bool
+  use_mp: bool
+  m: int
+  alpha: float
+
+  @classmethod
+  def from_config(cls, config, model: VarModel) -> Method:
+    rl = config.rl
+    if rl.mode not in MODES:
+      raise ValueError(
+        f'config.rl.mode must be one of {sorted(MODES)}, got {rl.mode!r}'
+      )
+    use_vmr, use_panw, use_mp = MODES[rl.mode]
+    last = model.schedule.num_scales - 1
+    m = vmr.split_scale(model.schedule, rl.vmr.m) if use_vmr else last
+    return cls(
+      use_vmr and m < last, use_panw, use_mp, m, rl.panw.alpha if use_panw else 0.0
+    )
+
+
+def phase_of(
+  update: int, method: Method, prefix_updates: int, suffix_updates: int
+) -> str:
+  """'full', or 'prefix'/'suffix' in blocks of prefix_updates : suffix_updates."""
+  if not method.use_vmr:
+    return 'full'
+  cycle = prefix_updates + suffix_updates
+  return 'prefix' if update % cycle < prefix_updates else 'suffix'
+
+
+class Trainer:
+  """Owns the policy/reference params, the optimizer state and the step programs."""
+
+  def __init__(self, config, model: VarModel, params: dict, pool):
+    self.config, self.model, self.pool = config, model, pool
+    self.method = Method.from_config(config, model)
+    self.opts = SamplingOptions.from_config(config.sampling)
+    self.sampler = Sampler(model, self.opts)
+    self.tokenizer_params = params['tokenizer']
+    # The frozen reference of the KL term: the initial policy.
+    self.ref_params = jax.tree.map(jnp.array, params['transformer'])
+    self.optimizer = grpo.make_optimizer(config.rl)
+    # A copy: the step donates its state, and the caller keeps its params.
+    self.state = grpo.init_state(
+      jax.tree.map(jnp.array, params['transformer']), self.optimizer
+    )
+    self.step_fn = grpo.make_train_step(
+      model,
+      self.opts,
+      grpo.GrpoHParams.from_config(config.rl),
+      self.optimizer,
+      self.method.alpha,
+    )
+    self.logprob_fn = grpo.make_logprob_fn(model, self.opts)
+    self.inputs_fn = jax.jit(
+      lambda tok, tokens: model.teacher_inputs({'tokenizer': tok}, tokens)
+    )
+    sched = model.schedule
+    prefix, suffix = vmr.stage_scales(sched, self.method.m)
+    everything = np.ones(sched.num_scales, bool)
+    self.stage = {
+      'full': (everything, np.ones(sched.num_tokens, np.float32)),
+      'prefix': (prefix, prefix[sched.scale_index].astype(np.float32)),
+      'suffix': (suffix, suffix[sched.scale_index].astype(np.float32)),
+    }
+
+  @property
+  def params(self) -> dict:
+    return {'tokenizer': self.tokenizer_params, 'transformer': self.state.params}
+
+  def rollout(self, prompts, key) -> rollout.Rollout:
+    rl = self.config.rl
+    return rollout.sample(
+      self.sampler,
+      self.params,
+      prompts,
+      rl.group_size,
+      rl.vmr.num_branches,
+      self.method.m,
+      key,
+      self.pool,
+      self.config.model.text_len,
+      rl.rollout_chunks,
+    )
+
+  def _mask_rows(self, boxes, n_rows: int) -> np.ndarray:
+    mp = self.config.rl.mp
+    if not self.method.use_mp:
+      return np.ones((n_rows, self.model.schedule.num_tokens), np.float32)
+    return masks.batch_masks(
+      boxes,
+      self.model.schedule,
+      dilation=mp.dilation,
+      mode=mp.propagation,
+      floor=mp.floor,
+      empty=mp.empty,
+    )
+
+  def build_batch(self, ro: rollout.Rollout, scored: rollout.Scored, phase: str):
+    """Advantages, masks and weights of one update; returns (batch, stats)."""
+    rl = self.config.rl
+    p, g, k = ro.shape
+    rewards = scored.rewards  # [P, G, K]
+    row_masks = self._mask_rows(scored.boxes, len(ro.prompts))
+    stats = {}
+    if phase == 'prefix':
+      values = np.asarray(vmr.value_middle_return(rewards, rl.vmr.eta))  # [P, G]
+      adv = np.asarray(grpo.group_advantages(values, rl.adv_eps)).reshape(-1)
+      rows = np.arange(0, p * g * k, k)  # branch 0 of every prefix
+      mask = masks.union_over_branches(row_masks.reshape(p * g, k, -1))
+      stats['vmr/value_mean'] = float(values.mean())
+      stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
+    elif phase == 'suffix':
+      if rl.vmr.suffix_group == 'prompt':
+        adv = grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
+      elif rl.vmr.suffix_group == 'prefix':
+        adv = grpo.group_advantages(rewards, rl.adv_eps)
+      else:
+        raise ValueError(
+          f"config.rl.vmr.suffix_group must be 'prompt' or 'prefix', got {rl.vmr.suffix_group!r}"
+        )
+      adv = np.asarray(adv).reshape(-1)
+      rows, mask = np.arange(p * g * k), row_masks
+    else:
+      adv = np.asarray(
+        grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
+      ).reshape(-1)
+      rows, mask = np.arange(p * g * k), row_masks
+    stage_scales, selector = self.stage[phase]
+    weights = panw.token_weights(self.model.schedule, self.method.alpha, stage_scales)
+    tokens = jnp.asarray(ro.tokens[rows])
+    text_ids, text_mask = (
+      jnp.asarray(ro.text_ids[rows]),
+      jnp.asarray(ro.text_mask[rows]),
+    )
+    inputs = self.inputs_fn(self.tokenizer_params, tokens)
+    batch = {
+      'text_ids': text_ids,
+      'text_mask': text_mask,
+      'inputs': inputs,
+      'tokens': tokens,
+      'old_logp': jnp.asarray(ro.logprobs[rows]),
+      'ref_logp': self.logprob_fn(self.ref_params, text_ids, text_mask, inputs, tokens),
+      'advantages': jnp.asarray(adv, jnp.float32),
+      'mask': jnp.asarray(mask * selector[None], jnp.float32),
+      'weights': jnp.asarray(weights),
+      'on_policy': jnp.array(1.0, jnp.float32),
+    }
+    stats.update(
+      {
+        'adv/mean': float(adv.mean()),
+        'adv/std': float(adv.std()),
+        'adv/abs_mean': float(np.abs(adv).mean()),
+        'mask/coverage': float(np.asarray(mask).mean()),
+      }
+    )
+    return batch, stats
+
+  def update(self, batch) -> dict:
+    """``config.rl.inner_updates`` GRPO steps on one batch; metrics of the last."""
+    metrics = {}
+    for inner in range(self.config.rl.inner_updates):
+      self.state, metrics, logp = self.step_fn(self.state, batch)
+      if inner == 0:
+        batch = dict(batch, old_logp=logp, on_policy=jnp.array(0.0, jnp.float32))
+    return jax.device_get(metrics)
+
+  def run_update(self, update: int, prompts, key) -> dict:
+    """One outer update: rollout, rewards, batch, GRPO steps. Returns flat metrics."""
+    rl = self.config.rl
+    phase = phase_of(update, self.method, rl.vmr.prefix_updates, rl.vmr.suffix_updates)
+    ro = self.rollout(prompts, key)
+    scored = rollout.score(ro, rl.reward, rl.mp.boxes)
+    if not np.isfinite(scored.rewards).all():
+      raise NonFiniteError(f'non-finite reward at update {update}')
+    t0 = time.time()
+    batch, stats = self.build_batch(ro, scored, phase)
+    metrics = self.update(batch)
+    step_seconds = time.time() - t0
+    if not np.isfinite(metrics['loss']):
+      raise NonFiniteError(
+        f'loss is {metrics["loss"]} at update {update} ({phase} phase)'
+      )
+    flat = {
+      'phase/prefix': float(phase == 'prefix'),
+      'phase/suffix': float(phase == 'suffix'),
+      'reward/mean': float(scored.rewards.mean()),
+      'reward/std': float(scored.rewards.std()),
+      'reward/comp': float(scored.batch.comp.mean()),
+      'reward/sim': float(scored.batch.sim.mean()),
+      'reward/pen': float(scored.batch.pen.mean()),
+      'time/sample_s': ro.sample_seconds,
+      'time/ocr_wait_s': scored.ocr_wait_seconds,
+      'time/step_s': step_seconds,
+      **stats,
+      **{k: v for k, v in scored.ocr_stats.items()},
+    }
+    for name, value in metrics.items():
+      value = np.asarray(value)
+      if value.ndim == 0:
+        flat[f'train/{name}'] = float(value)
+      else:
+        base = name.split('/', 1)[1]
+        for s, v in enumerate(value):
+          flat[f'scale{s}/{base}'] = float(v)
+    return flat, ro, scored, phase
