@@ -7,12 +7,20 @@ beyond float rounding, which every tolerance here allows for).
 
 import os
 
+# Deterministic GPU reductions (scatter-adds of embedding gradients are
+# atomics otherwise): the determinism tests compare bits. Ignored on CPU.
 os.environ['XLA_FLAGS'] = (
-  os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+  os.environ.get('XLA_FLAGS', '')
+  + ' --xla_backend_optimization_level=0 --xla_gpu_deterministic_ops=true'
 ).strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Exact float32 products everywhere: on GPUs the default is TF32, whose
+# ~1e-3 rounding would mask the 1e-4 equalities the tests prove (sampler vs
+# teacher-forced log-probs, cache vs recompute). A no-op on CPU.
+jax.config.update('jax_default_matmul_precision', 'highest')
 
 from varrl_jax.config import base_config  # noqa: E402
 

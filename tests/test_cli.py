@@ -48,6 +48,11 @@ def _error_lines(proc):
       ['--config.scales=((1,4),(2,8))'],
       'error: config.scales[-1]=(2, 8) must equal the latent grid',
     ),
+    (
+      ['--config.init_checkpoint=/nonexistent/ckpt'],
+      'error: checkpoint /nonexistent/ckpt: no such directory; recreate it with: '
+      'python -m varrl_jax.pretrain',
+    ),
   ],
 )
 def test_bad_input_is_one_error_line(args, expected):

@@ -207,24 +207,28 @@ def load_params(
     )
   )
   hint = _config_diff(manifest.get('config'), config)
-  out = {}
+  out, error = {}, None
+  # Errors are raised after the checkpointer is closed: raising inside the
+  # block leaves orbax's event loop to be torn down by the garbage collector.
   with ocp.StandardCheckpointer() as ckptr:
     for part in parts:
       directory = os.path.join(path, part)
       if part not in manifest['parts'] or not os.path.isdir(directory):
         saved = ', '.join(manifest['parts']) or 'none'
         cmd = recreate or _guess_recreate(path, part)
-        raise _fail(path, f'holds no {part} parameters (saved parts: {saved})', cmd)
+        error = _fail(path, f'holds no {part} parameters (saved parts: {saved})', cmd)
+        break
       try:
         meta = ckptr.metadata(directory).item_metadata
         saved_shapes = _flat_shapes(getattr(meta, 'tree', meta))
-      except Exception as e:  # orbax/tensorstore raise many types on bad files
-        raise _fail(path, f'{part}: unreadable ({_first_line(e)})', command) from None
-      problem = _check_structure(saved_shapes, _flat_shapes(abstract[part]))
-      if problem:
-        raise _fail(path, f'{part}: {problem}{hint}', command)
-      try:
+        problem = _check_structure(saved_shapes, _flat_shapes(abstract[part]))
+        if problem:
+          error = _fail(path, f'{part}: {problem}{hint}', command)
+          break
         out[part] = ckptr.restore(directory, abstract[part])
-      except Exception as e:
-        raise _fail(path, f'{part}: unreadable ({_first_line(e)})', command) from None
+      except Exception as e:  # orbax/tensorstore raise many types on bad files
+        error = _fail(path, f'{part}: unreadable ({_first_line(e)})', command)
+        break
+  if error is not None:
+    raise error
   return out

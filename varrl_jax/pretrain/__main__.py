@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from varrl_jax import checkpoint, cli
@@ -32,6 +32,9 @@ _WORKDIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every save at INFO; the progress bar and metrics say enough.
+    logging.set_verbosity(logging.WARNING)
   config_file = config_flags.get_config_filename(flags.FLAGS['config'])
   # Recorded in every manifest: the exact command that recreates the checkpoint.
   command = shlex.join(['python', '-m', 'varrl_jax.pretrain', *sys.argv[1:]])

@@ -147,7 +147,7 @@ def train(
     )
   )
   eval_targets = [
-    ' '.join(p.targets)
+    ' / '.join(p.targets)
     for p in synthetic.prompts('heldout', pc.num_samples, pc.data_seed)
   ]
   sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
