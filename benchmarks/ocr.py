@@ -4,14 +4,18 @@ Run from the repository root:
 
   python -m benchmarks.ocr                      # easyocr, 16 images per size
   python -m benchmarks.ocr --engine=rapidocr --num_images=32
-  python -m benchmarks.ocr --step_seconds=2.0   # also time OCR overlapped
-                                                # with a (simulated) RL step
+  python -m benchmarks.ocr --rl_updates=0       # skip the RL-update part
 
 Each image is a distinct rendered word (DejaVu Sans), so neither the cache
 nor deduplication helps; every pool is warmed up before timing (engine
 construction is not counted) and each case is timed ``--repeats`` times.
-Prints a table of median images/s (with min-max) and, last, the 2-vs-1-worker
-speedup at the first size (64x64).
+Prints a table of median images/s (with min-max); then runs ``--rl_updates``
+real RL updates of ``--config`` (default configs/tiny.py; its weights, its
+OCR pool) and reports the share of an update's wall time spent waiting for
+OCR, with the OCR engine's busy time beside it (OCR of a rollout chunk runs
+while the next chunk is sampled, so busy > wait when the overlap works). The
+first update of each phase (prefix / suffix: they compile) is not counted.
+Last line: the 2-vs-1-worker speedup at the first size (64x64).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from varrl_jax.rewards.ocr import make_engine
 from varrl_jax.rewards.pool import OcrPool
@@ -32,6 +37,8 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 16, 'Images per timed batch.')
 _SIZES = flags.DEFINE_list('sizes', ['64', '256'], 'Square image sides.')
 _WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Worker counts to compare.')
 _THREADS = flags.DEFINE_integer('threads', 1, 'torch/onnx threads per worker.')
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'RL config.')
+_RL_UPDATES = flags.DEFINE_integer('rl_updates', 6, 'RL updates to time (0: skip).')
 _STEP_SECONDS = flags.DEFINE_float(
   'step_seconds',
   None,
@@ -114,13 +121,10 @@ def main(argv: list[str]) -> None:
   )
   print('\n'.join(rows))
 
-  if _STEP_SECONDS.value is None:
-    print(
-      'overlap: skipped (the tiny RL step does not exist yet); pass '
-      '--step_seconds=<seconds of one RL step> to time OCR overlapped with it'
-    )
-  else:
+  if _STEP_SECONDS.value is not None:
     print('\n'.join(overlap_lines))
+  if _RL_UPDATES.value > 0:
+    print('\n'.join(time_rl_updates(_CONFIG.value, _RL_UPDATES.value)))
 
   side = sizes[0]
   if len(workers) >= 2 and (1, side) in speed and (2, side) in speed:
@@ -143,6 +147,52 @@ def time_overlap(pool: OcrPool, images: np.ndarray, step_seconds: float) -> list
     f'overlap ({len(images)} images, {pool.num_workers} workers, step '
     f'{step_seconds:.2f} s): sequential {sequential:.2f} s, overlapped '
     f'{overlapped:.2f} s, saved {sequential - overlapped:.2f} s per step'
+  ]
+
+
+def time_rl_updates(config, updates: int) -> list[str]:
+  """Times real RL updates; returns report lines."""
+  import jax
+
+  from varrl_jax.data import synthetic
+  from varrl_jax.models.var import build_model
+  from varrl_jax.rewards.service import make_pool
+  from varrl_jax.rl import loop
+  from varrl_jax.weights import load_weights
+
+  model = build_model(config)
+  params, source = load_weights(config, model)
+  rl = config.rl
+  rows, seen = [], set()
+  with make_pool(config) as pool:
+    trainer = loop.Trainer(config, model, params, pool)
+    for u in range(updates):
+      prompts = [
+        (p.prompt, p.targets)
+        for p in synthetic.prompts(
+          'train', rl.prompts_per_update, start=u * rl.prompts_per_update
+        )
+      ]
+      t0 = time.perf_counter()
+      metrics, _, _, phase = trainer.run_update(u, prompts, jax.random.key(u))
+      total = time.perf_counter() - t0
+      if phase in seen:
+        rows.append((phase, total, metrics))
+      seen.add(phase)
+  if not rows:
+    return [
+      'rl update: too few updates to time (need one past the first of each phase)'
+    ]
+  mean = lambda key: float(np.mean([m[key] for _, _, m in rows]))  # noqa: E731
+  total = float(np.mean([t for _, t, _ in rows]))
+  images = mean('ocr/images')
+  return [
+    f'rl update ({config.rl.mode}, {len(rows)} timed, {images:.0f} images each, '
+    f'{config.ocr.num_workers} OCR worker(s), weights: {source}): {total:.2f} s/update = '
+    f'sample {mean("time/sample_s"):.2f} s + OCR wait {mean("time/ocr_wait_s"):.2f} s '
+    f'+ step {mean("time/step_s"):.2f} s',
+    f'rl update OCR share: waiting {mean("time/ocr_wait_s") / total:.1%} of the update; '
+    f'OCR in progress {mean("ocr/seconds") / total:.1%} (runs while later chunks are sampled)',
   ]
 
 
