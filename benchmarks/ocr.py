@@ -12,8 +12,8 @@ construction is not counted) and each case is timed ``--repeats`` times.
 Prints a table of median images/s (with min-max); then runs ``--rl_updates``
 real RL updates of ``--config`` (default configs/tiny.py; its weights, its
 OCR pool) and reports the share of an update's wall time spent waiting for
-OCR, with the OCR engine's busy time beside it (OCR of a rollout chunk runs
-while the next chunk is sampled, so busy > wait when the overlap works). The
+OCR, with the time OCR was in progress beside it (OCR of a rollout chunk runs
+while the next chunk is sampled, so in-progress > wait when the overlap works). The
 first update of each phase (prefix / suffix: they compile) is not counted.
 Last line: the 2-vs-1-worker speedup at the first size (64x64).
 """
