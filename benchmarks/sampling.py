@@ -90,6 +90,11 @@ def main(argv):
     f'{model.schedule.num_tokens} tokens/image, batch {batch}, cfg {opts.cfg_scale}'
   )
   print(f'matmul peak (2048^3 f32, this run): {peak / 1e9:.1f} GFLOP/s')
+  if config.model.scan_unroll < config.model.num_layers:
+    print(
+      'note: XLA counts the FLOPs of a scanned loop body once; with '
+      f'--config.model.scan_unroll={config.model.num_layers} the counts cover every layer'
+    )
   compiled, outs, compile_s = {}, {}, {}
   for name in ('sample', 'recompute'):
     compiled[name], outs[name], compile_s[name] = compile_program(

@@ -27,6 +27,9 @@ def get_config(arg=None):
   # and (64, 128, 128) trains ~4x slower (12 s vs 2.3 s per 16 images).
   config.tokenizer.channels = (32, 64, 64)
   config.sampling.batch_size = 8
+  # Unrolled layers: ~10% faster sampling on CPU, and XLA's cost analysis
+  # then counts every layer (it counts a scanned loop body once).
+  config.model.scan_unroll = 4
 
   pt = config.pretrain
   pt.tokenizer.steps = 450

@@ -62,7 +62,10 @@ def main(argv):
       f'{component + " total":<{width + 2}}  {sum(sub.values()):>15,d}  {_fmt(sum(sub.values())):>8}'
     )
   total = sum(counts.values())
-  print(f'total {total / 1e9:.2f}B parameters')
+  if total >= 1e8:
+    print(f'total {total / 1e9:.2f}B parameters')
+  else:
+    print(f'total {total / 1e6:.2f}M parameters')
 
 
 if __name__ == '__main__':

@@ -56,6 +56,7 @@ class TransformerConfig:
   remat: str = 'none'  # 'none' | 'full' | 'dots'
   attention: str = 'plain'
   norm_eps: float = 1e-6
+  scan_unroll: int = 1
 
   @property
   def seq_len(self) -> int:
@@ -153,6 +154,7 @@ def _scanned_blocks(cfg: TransformerConfig):
     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
     out_axes=0,
     length=cfg.num_layers,
+    unroll=cfg.scan_unroll,
     metadata_params={nn.PARTITION_NAME: 'layers'},
   )(cfg, name='layers')
 
@@ -328,4 +330,5 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
     param_dtype=jnp.dtype(mc.param_dtype),
     remat=mc.remat,
     attention=mc.attention,
+    scan_unroll=mc.scan_unroll,
   )
