@@ -73,3 +73,31 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     print(f'error: bad command-line flag: {e}', file=sys.stderr)
   sys.exit(2)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """Exceptions that mean bad input, not a bug: reported as one line."""
+  from varrl_jax.checkpoint import CheckpointError
+  from varrl_jax.data.cvtg import DatasetError
+  from varrl_jax.models.schedule import ScheduleError
+  from varrl_jax.models.text import PromptError
+  from varrl_jax.rewards.ocr import OcrUnavailableError
+
+  return (
+    DatasetError,
+    PromptError,
+    ScheduleError,
+    OcrUnavailableError,
+    CheckpointError,
+    FloatingPointError,  # NaN/inf stops (after saving a checkpoint)
+    ValueError,
+  )
+
+
+def run_reporting_errors(fn, *args, **kwargs):
+  """Calls ``fn``; bad input exits with code 2 and one ``error:`` line."""
+  try:
+    return fn(*args, **kwargs)
+  except user_error_types() as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)

@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli
 from varrl_jax import images as images_lib
-from varrl_jax.data.cvtg import DatasetError
 from varrl_jax.eval import evaluator, prompt_sets
-from varrl_jax.models import text as text_lib
-from varrl_jax.models.schedule import ScheduleError
 from varrl_jax.models.var import build_model
-from varrl_jax.rewards import ocr as ocr_lib
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.weights import load_weights
 
@@ -100,20 +95,9 @@ def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:
 
 def main(argv):
   del argv
-  from varrl_jax.checkpoint import CheckpointError
-
-  try:
-    run(_CONFIG.value, _DATA.value, _SPLIT.value, _CHECKPOINT.value, _WORKDIR.value)
-  except (
-    DatasetError,
-    text_lib.PromptError,
-    ScheduleError,
-    ocr_lib.OcrUnavailableError,
-    CheckpointError,
-    ValueError,
-  ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  cli.run_reporting_errors(
+    run, _CONFIG.value, _DATA.value, _SPLIT.value, _CHECKPOINT.value, _WORKDIR.value
+  )
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ decode) and writes the pair.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax
@@ -23,7 +22,6 @@ from ml_collections import config_flags
 from varrl_jax import checkpoint, cli, sampling
 from varrl_jax import images as images_lib
 from varrl_jax.models import text as text_lib
-from varrl_jax.models.schedule import ScheduleError
 from varrl_jax.models.var import build_model
 from varrl_jax.policy import SamplingOptions
 
@@ -134,24 +132,16 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
 
 def main(argv):
   del argv
-  try:
-    run(
-      _CONFIG.value,
-      _PROMPTS.value,
-      _NUM.value,
-      _WORKDIR.value,
-      _SEED.value,
-      _OCR.value,
-      _RECONSTRUCT.value,
-    )
-  except (
-    text_lib.PromptError,
-    ScheduleError,
-    ValueError,
-    checkpoint.CheckpointError,
-  ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  cli.run_reporting_errors(
+    run,
+    _CONFIG.value,
+    _PROMPTS.value,
+    _NUM.value,
+    _WORKDIR.value,
+    _SEED.value,
+    _OCR.value,
+    _RECONSTRUCT.value,
+  )
 
 
 if __name__ == '__main__':

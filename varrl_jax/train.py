@@ -30,10 +30,7 @@ from varrl_jax import cli
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
-from varrl_jax.models import text as text_lib
-from varrl_jax.models.schedule import ScheduleError
 from varrl_jax.models.var import build_model
-from varrl_jax.rewards import ocr as ocr_lib
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.rl import loop, mask_viz
 from varrl_jax.weights import load_weights
@@ -152,20 +149,7 @@ def train(config, workdir: str, pool=None) -> dict:
 
 def main(argv):
   del argv
-  from varrl_jax.checkpoint import CheckpointError
-
-  try:
-    train(_CONFIG.value, _WORKDIR.value)
-  except (
-    loop.NonFiniteError,
-    text_lib.PromptError,
-    ScheduleError,
-    ocr_lib.OcrUnavailableError,
-    CheckpointError,
-    ValueError,
-  ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  cli.run_reporting_errors(train, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

@@ -140,3 +140,53 @@ def test_failed_ocr_gets_fallback_and_nan_stops(toy):
   c.rl.reward.fallback = float('nan')
   with pytest.raises(loop.NonFiniteError, match='non-finite reward at update 0'):
     _run('full', 1, params, engine=AlwaysFails, config=c)
+
+
+def _train_config():
+  c = rl_config('full')
+  c.rl.num_updates = 2
+  c.rl.inner_updates = 1
+  c.eval.num_prompts = 2
+  c.eval.batch_size = 2
+  c.eval.grid_images = 2
+  return c
+
+
+def test_train_writes_metrics_masks_grid_and_checkpoint(tmp_path):
+  from varrl_jax import train
+  from varrl_jax.writers import read_jsonl
+
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    result = train.train(_train_config(), str(tmp_path), pool=pool)
+  records = read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  assert [r['step'] for r in records] == [0, 1]
+  for key in (
+    'reward/mean',
+    'reward/std',
+    'vmr/value_mean',
+    'adv/std',
+    'scale0/kl',
+    'scale1/entropy',
+    'scale2/ratio',
+    'scale0/clip_frac',
+    'scale1/grad_share',
+    'scale2/panw_weight',
+    'scale2/mask_coverage',
+  ):
+    assert key in records[0], key
+  assert (tmp_path / 'masks.png').exists() and (tmp_path / 'before_after.png').exists()
+  assert (tmp_path / 'checkpoints' / 'final' / 'manifest.json').exists()
+  assert 0.0 <= result['after'].word_accuracy <= 1.0
+
+
+def test_nan_reward_stops_after_saving_a_checkpoint(tmp_path):
+  from varrl_jax import train
+
+  c = _train_config()
+  c.rl.reward.fallback = float('nan')
+  with OcrPool(AlwaysFails, num_workers=0) as pool:
+    with pytest.raises(
+      loop.NonFiniteError, match='checkpoint saved to .*nonfinite_update0'
+    ):
+      train.train(c, str(tmp_path), pool=pool)
+  assert (tmp_path / 'checkpoints' / 'nonfinite_update0' / 'manifest.json').exists()
