@@ -46,4 +46,25 @@ def get_config(arg=None):
   config.sampling.top_p = 0.9
   config.sampling.temperature = 1.0
   config.sampling.batch_size = 16
+
+  # The paper's RL settings (Tables 3-5): 16 prompts x G = 16 per update, split
+  # m256 (after the 16x16 grid: 12 of 18 scales), K = 2, eta = 1, alpha = 0.6,
+  # 3:1 prefix:suffix, AdamW lr 1e-5 (0.9, 0.95), wd 0.05. eps and beta are
+  # not given in the paper: 0.2 and 0.04.
+  config.rl.mode = 'full'
+  config.rl.prompts_per_update = 16
+  config.rl.group_size = 16
+  config.rl.rollout_chunks = 4
+  config.rl.vmr.m = 'm256'
+  config.rl.vmr.num_branches = 2
+  config.rl.vmr.eta = 1.0
+  config.rl.vmr.prefix_updates = 3
+  config.rl.vmr.suffix_updates = 1
+  config.rl.panw.alpha = 0.6
+  config.rl.lr = 1e-5
+  config.rl.b1, config.rl.b2 = 0.9, 0.95
+  config.rl.weight_decay = 0.05
+  config.rl.clip_eps = 0.2
+  config.rl.kl_beta = 0.04
+  config.ocr.num_workers = 8
   return config

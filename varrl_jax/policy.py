@@ -5,7 +5,8 @@ Classifier-free guidance mixes conditional and unconditional logits,
     l_guided = l_uncond + w_s (l_cond - l_uncond),
 
 with ``w_s = w`` (``cfg_schedule='constant'``) or ``w_s = 1 + (w - 1) s / (S-1)``
-(``'linear'``, VAR's ramp). Which distribution is "the policy" for RL is the
+(``'linear'``: our ramp from 1 at the first scale to w at the last; VAR's
+ramp ends at 1 + w). Which distribution is "the policy" for RL is the
 ``policy`` option:
 
 - ``cfg``: log_softmax(l_guided / T), T the rollout temperature: exactly the

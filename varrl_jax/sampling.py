@@ -10,8 +10,9 @@ drawn token under the policy (`policy.py`) is kept; f_hat accumulates
 phi_s(bicubic(E[ids])).
 
 `sample_prefix` stops after scale m and returns the sampler state;
-`branch` repeats it K times (sharing the prefix cache) and continues the
-suffix: this is how VMR gets K suffix rollouts of one prefix.
+`branch` repeats it K times (K copies of the prefix's KV cache, computed
+once) and continues the suffix: this is how VMR gets K suffix rollouts of
+one prefix.
 `sample_recompute` is the same sampler without a cache (the whole prefix is
 re-run at every scale); it is the reference for tests and benchmarks.
 
@@ -56,6 +57,7 @@ def filter_logits(logits, top_k: int, top_p: float):
 
   top_k = 0 and top_p = 1 disable each filter. The nucleus keeps the smallest
   set of highest-probability tokens whose mass reaches top_p (always >= 1).
+  Tokens tied with the threshold logit are kept, so ties may keep a few more.
   """
   neg = jnp.finfo(logits.dtype).min
   if top_k > 0 and top_k < logits.shape[-1]:
@@ -120,7 +122,8 @@ class Sampler:
     """K suffix rollouts (scales m+1..S-1) of every prefix in ``state``.
 
     Rows come out grouped by prefix: row ``b * K + k`` is branch k of prefix b.
-    All branches share the prefix tokens, log-probs and KV cache.
+    All branches share the prefix tokens and log-probs; each continues from a
+    copy of the prefix's KV cache.
     """
     self._check_split(m)
     if num_branches < 1:

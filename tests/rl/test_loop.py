@@ -190,3 +190,45 @@ def test_nan_reward_stops_after_saving_a_checkpoint(tmp_path):
     ):
       train.train(c, str(tmp_path), pool=pool)
   assert (tmp_path / 'checkpoints' / 'nonfinite_update0' / 'manifest.json').exists()
+
+
+def test_prefix_mask_is_built_from_the_union_of_branch_boxes(toy):
+  """Regression: a branch without boxes must not turn the prefix mask into all ones."""
+  import dataclasses
+
+  from varrl_jax.rl import rollout as rollout_lib
+
+  _, model, params = toy
+  config = rl_config('full')
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    trainer = loop.Trainer(config, model, params, pool)
+    ro = trainer.rollout(PROMPTS, jax.random.key(0))
+    scored = rollout_lib.score(ro, config.rl.reward, 'matched')
+  # Branch 0 of every prefix saw text in the top-left corner, branch 1 none.
+  boxes = [[(0.0, 0.0, 8.0, 8.0)] if i % 2 == 0 else [] for i in range(len(ro.prompts))]
+  scored = dataclasses.replace(scored, boxes=boxes)
+  batch, stats = trainer.build_batch(ro, scored, 'prefix')
+  mask = np.asarray(batch['mask'])
+  prefix_tokens = model.schedule.offsets[2]  # m = 1: scales 0 and 1
+  assert (mask[:, prefix_tokens:] == 0).all()
+  assert 0 < stats['mask/coverage'] < 1
+  assert mask[:, prefix_tokens - 1].max() == 0  # the far corner of scale 1
+
+
+def test_non_finite_step_leaves_the_state_unchanged(toy):
+  from varrl_jax.rl import rollout as rollout_lib
+
+  _, model, params = toy
+  c = rl_config('vanilla')
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    trainer = loop.Trainer(c, model, params, pool)
+    ro = trainer.rollout(PROMPTS, jax.random.key(0))
+    scored = rollout_lib.score(ro, c.rl.reward, 'matched')
+  batch, _ = trainer.build_batch(ro, scored, 'full')
+  before = [np.asarray(x).copy() for x in jax.tree.leaves(trainer.state.params)]
+  bad = dict(batch, advantages=batch['advantages'].at[0].set(np.nan))
+  metrics = trainer.update(bad)
+  assert not np.isfinite(metrics['loss'])
+  for a, b in zip(before, jax.tree.leaves(trainer.state.params)):
+    np.testing.assert_array_equal(a, b)
+  assert int(trainer.state.step) == 0

@@ -45,7 +45,7 @@ def test_split_names_follow_the_paper():
   assert vmr.split_scale(NEXTFLOW, 'm512') == 15
   assert vmr.split_scale(NEXTFLOW, 'm1024') == 17 == vmr.split_scale(NEXTFLOW, 'full')
   assert vmr.split_scale(NEXTFLOW, 5) == 5 == vmr.split_scale(NEXTFLOW, '5')
-  assert vmr.split_scale(NEXTFLOW, -1) == 17
+  assert vmr.split_scale(NEXTFLOW, -1) == 17 == vmr.split_scale(NEXTFLOW, '-1')
   with pytest.raises(ValueError, match='out of range'):
     vmr.split_scale(NEXTFLOW, 18)
   with pytest.raises(ValueError, match="expected a scale index, 'mNNN'"):

@@ -168,7 +168,15 @@ def make_train_step(
     )(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    # A non-finite loss or gradient leaves the state as it was (the host then
+    # stops the run and saves these last finite parameters).
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+      step=state.step + finite.astype(jnp.int32),
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+    )
 
     # Diagnostics (no gradient): per-scale KL, entropy, ratio, clipping,
     # the share of |dloss/dlogp| per scale, mask coverage.

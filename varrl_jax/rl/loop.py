@@ -7,7 +7,8 @@ Phases (DESIGN.md section 3):
 - ``prefix``: G prefixes per prompt, K suffix branches each; the prefix's
   return is V_m = eta log mean_k exp(R_k / eta); A from the G values of a
   prompt; only prefix tokens (scales <= m) are updated; the teacher-forced
-  pass uses branch 0 (prefix logits never depend on suffix tokens).
+  pass uses branch 0 (prefix logits never depend on suffix tokens); the MP
+  mask comes from the union of the K branches' boxes.
 - ``suffix``: the same rollouts; A from the terminal rewards with the group
   ``config.rl.vmr.suffix_group``: 'prompt' (all G K samples of a prompt) or
   'prefix' (the K branches of one prefix); only suffix tokens are updated.
@@ -152,13 +153,18 @@ class Trainer:
     rl = self.config.rl
     p, g, k = ro.shape
     rewards = scored.rewards  # [P, G, K]
-    row_masks = self._mask_rows(scored.boxes, len(ro.prompts))
     stats = {}
     if phase == 'prefix':
       values = np.asarray(vmr.value_middle_return(rewards, rl.vmr.eta))  # [P, G]
       adv = np.asarray(grpo.group_advantages(values, rl.adv_eps)).reshape(-1)
       rows = np.arange(0, p * g * k, k)  # branch 0 of every prefix
-      mask = masks.union_over_branches(row_masks.reshape(p * g, k, -1))
+      # The prefix's mask comes from the union of its K branches' boxes (a
+      # branch without text must not turn the union into a full mask).
+      union = [
+        sum((list(b) for b in scored.boxes[r * k : (r + 1) * k]), [])
+        for r in range(p * g)
+      ]
+      mask = self._mask_rows(union, p * g)
       stats['vmr/value_mean'] = float(values.mean())
       stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
     elif phase == 'suffix':
@@ -171,13 +177,14 @@ class Trainer:
           f"config.rl.vmr.suffix_group must be 'prompt' or 'prefix', got {rl.vmr.suffix_group!r}"
         )
       adv = np.asarray(adv).reshape(-1)
-      rows, mask = np.arange(p * g * k), row_masks
+      rows, mask = np.arange(p * g * k), self._mask_rows(scored.boxes, p * g * k)
     else:
       adv = np.asarray(
         grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
       ).reshape(-1)
-      rows, mask = np.arange(p * g * k), row_masks
+      rows, mask = np.arange(p * g * k), self._mask_rows(scored.boxes, p * g * k)
     stage_scales, selector = self.stage[phase]
+    mask = mask * selector[None]
     weights = panw.token_weights(self.model.schedule, self.method.alpha, stage_scales)
     tokens = jnp.asarray(ro.tokens[rows])
     text_ids, text_mask = (
@@ -193,7 +200,7 @@ class Trainer:
       'old_logp': jnp.asarray(ro.logprobs[rows]),
       'ref_logp': self.logprob_fn(self.ref_params, text_ids, text_mask, inputs, tokens),
       'advantages': jnp.asarray(adv, jnp.float32),
-      'mask': jnp.asarray(mask * selector[None], jnp.float32),
+      'mask': jnp.asarray(mask, jnp.float32),
       'weights': jnp.asarray(weights),
       'on_policy': jnp.array(1.0, jnp.float32),
     }
@@ -202,7 +209,8 @@ class Trainer:
         'adv/mean': float(adv.mean()),
         'adv/std': float(adv.std()),
         'adv/abs_mean': float(np.abs(adv).mean()),
-        'mask/coverage': float(np.asarray(mask).mean()),
+        # Of the tokens of the updated stage.
+        'mask/coverage': float(mask.sum() / (selector.sum() * mask.shape[0])),
       }
     )
     return batch, stats

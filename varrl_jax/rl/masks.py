@@ -17,7 +17,9 @@ The paper leaves MP underspecified; this is our definition.
    elsewhere (floor 0: none).
 
 For a prefix update the K suffix branches of a prefix give K sets of boxes:
-the union (element-wise max) of their masks is the prefix's mask. An image
+the prefix's mask is rasterized from their union (`union_over_branches`, the
+element-wise max of per-branch masks, equals it for the 'max' rule when
+every branch has boxes; the loop uses the union of boxes). An image
 without any box gets ``empty`` ('ones': the full update, 'zeros': none):
 without text there is no region to focus on.
 

@@ -20,6 +20,7 @@ Everything here is a static numpy constant of the schedule.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from varrl_jax.models.schedule import ScaleSchedule
@@ -51,5 +52,10 @@ def token_weights(
 
 
 def weighted_sum(per_token_bl, weights_l, mask_bl):
-  """mean_b sum_i w_i mask_bi l_bi: the PANW reduction of a per-token loss."""
-  return (per_token_bl * mask_bl * weights_l[None, :]).sum(axis=-1).mean()
+  """mean_b sum_i w_i mask_bi l_bi: the PANW reduction of a per-token loss.
+
+  Tokens with zero weight are selected out (not multiplied by 0), so an
+  overflow on a masked token cannot turn the sum into NaN.
+  """
+  w = mask_bl * weights_l[None, :]
+  return jnp.where(w != 0, per_token_bl * w, 0.0).sum(axis=-1).mean()

@@ -76,12 +76,12 @@ def sample(
     chunk = prompts[c * per_chunk : (c + 1) * per_chunk]
     rows = [p for p, _ in chunk for _ in range(group_size)]
     ids, mask = text_lib.encode(rows, text_len)
-    ckey = jax.random.fold_in(key, c)
+    prefix_key, suffix_key = jax.random.split(jax.random.fold_in(key, c))
     if full:
-      out = sampler.sample(params, ids, mask, ckey)
+      out = sampler.sample(params, ids, mask, prefix_key)
     else:
-      state = sampler.sample_prefix(params, ids, mask, ckey, m)
-      out = sampler.branch(params, state, jax.random.fold_in(ckey, 1), m, k)
+      state = sampler.sample_prefix(params, ids, mask, prefix_key, m)
+      out = sampler.branch(params, state, suffix_key, m, k)
     images = np.asarray(jax.device_get(out.images))
     futures.append(pool.submit_batch(images))
     parts.append(

@@ -47,15 +47,15 @@ def split_scale(schedule: ScaleSchedule, m) -> int:
     spec = m.strip().lower()
     if spec in ('full', 'last'):
       return num - 1
-    match = re.fullmatch(r'm?(\d+)', spec)
+    match = re.fullmatch(r'm(\d+)|(-?\d+)', spec)
     if not match:
       raise ValueError(
         f"config.rl.vmr.m={m!r}: expected a scale index, 'mNNN' (pixels, e.g. 'm256') "
         "or 'full'"
       )
-    if spec.startswith('m'):
+    if match.group(1) is not None:
       return schedule.scale_for_resolution(int(match.group(1)))
-    m = int(match.group(1))
+    m = int(match.group(2))
   m = int(m)
   if m < 0:
     m += num
