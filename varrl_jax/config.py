@@ -66,6 +66,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.policy = 'cfg'  # 'cfg' (guided logits) | 'cond' for log-probs
   c.sampling.batch_size = 8
 
+  # Device mesh (varrl_jax/parallel.py): sizes of ('data', 'fsdp', 'tensor');
+  # one may be -1 to take the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
   # RL: GRPO with VMR, PANW and MP (varrl_jax/rl/). Paper values in cvtg.py.
   c.rl = ml_collections.ConfigDict()
   # Which components are on: 'vanilla' (full-horizon GRPO), 'vmr', 'vmr+panw',

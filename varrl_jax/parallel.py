@@ -1,0 +1,122 @@
+"""Device mesh, logical-axis rules and sharded initialisation.
+
+Every transformer parameter carries logical axis names (``embed``, ``mlp``,
+``heads``, ``kv_heads``, ``kv``, ``vocab``, ``layers``, ...). One rule table
+maps them to the mesh axes ``('data', 'fsdp', 'tensor')``:
+
+- ``data``: pure data parallelism (batch only);
+- ``fsdp``: batch and the ``embed`` dimension of every weight (ZeRO-3 style);
+- ``tensor``: Megatron-style split of heads / MLP / vocabulary.
+
+The same code runs on 1 CPU device, on fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on a TPU pod.
+Parameters are created already sharded: ``jax.eval_shape`` of the init gives
+the logical specs, the rules turn them into ``NamedSharding``s, and the init
+is jitted with those ``out_shardings`` (no full copy on any one device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis -> mesh axes (None: replicated). kv_heads stay replicated: GQA
+# models have few kv heads (4 in cvtg.py), often fewer than the tensor axis.
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+  ('batch', ('data', 'fsdp')),
+  ('embed', 'fsdp'),
+  ('mlp', 'tensor'),
+  ('heads', 'tensor'),
+  ('kv_heads', None),
+  ('kv', None),
+  ('vocab', 'tensor'),
+  ('layers', None),
+  ('length', None),
+  ('text_vocab', None),
+  ('text_length', None),
+  ('image_length', None),
+  ('scales', None),
+  ('latent', None),
+)
+
+
+def mesh_shape(
+  mesh_cfg: ml_collections.ConfigDict, num_devices: int
+) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes; one of them may be -1 (fill the rest)."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(
+      f'config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}'
+    )
+  fixed = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ValueError(
+        f'config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not '
+        f'divisible by the fixed axes ({fixed})'
+      )
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(
+      f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, '
+      f'{num_devices} are present'
+    )
+  return tuple(sizes)
+
+
+def make_mesh(
+  mesh_cfg: ml_collections.ConfigDict, devices: Sequence | None = None
+) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over ``devices`` (default: all)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_shardings(mesh: Mesh, abstract_boxed, rules=LOGICAL_RULES):
+  """NamedShardings of a boxed (logically annotated) tree; plain leaves replicate."""
+  specs = nn.get_partition_spec(abstract_boxed)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def sharded_init(model, key: jax.Array, mesh: Mesh, rules=LOGICAL_RULES):
+  """(params, shardings): the model's parameters created sharded on ``mesh``."""
+  abstract = jax.eval_shape(model.init_boxed, key)
+  shardings = nn.unbox(logical_shardings(mesh, abstract, rules))
+  init = jax.jit(lambda k: nn.unbox(model.init_boxed(k)), out_shardings=shardings)
+  return init(key), shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading axis over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(('data', 'fsdp'), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(mesh: Mesh, batch, batch_size: int):
+  """Places a batch dict: arrays whose leading axis is the batch are split over
+  ('data', 'fsdp'); everything else (scalars, per-token weights) replicates."""
+  if batch_size % (mesh.shape['data'] * mesh.shape['fsdp']):
+    raise ValueError(
+      f'batch of {batch_size} rows does not divide over data x fsdp = '
+      f'{mesh.shape["data"] * mesh.shape["fsdp"]} devices'
+    )
+
+  def place(x):
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    if x.ndim == 0 or x.shape[0] != batch_size:
+      return jax.device_put(x, replicated(mesh))
+    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+  return jax.tree.map(place, batch)
