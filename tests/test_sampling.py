@@ -118,10 +118,6 @@ def test_branch_validates_arguments(toy, samplers):
 def test_filter_logits_top_k_and_top_p():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   k2 = sampling.filter_logits(logits, 2, 1.0)
-  assert (
-    np.isfinite(np.asarray(k2)).tolist() == [[True, True, False, False]]
-    or (np.asarray(k2)[0, 2:] < -1e30).all()
-  )
   kept = lambda x: (np.asarray(x)[0] > -1e30).tolist()  # noqa: E731
   assert kept(k2) == [True, True, False, False]
   # Nucleus: 0.5 < 0.7 so the 0.3 token joins; 0.8 >= 0.7 stops before 0.15.

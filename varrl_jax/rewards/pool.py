@@ -200,6 +200,23 @@ def _stop_all(workers: list[_Worker]) -> None:
     w.stop(graceful=True)
 
 
+def collect(futures) -> tuple[list[OcrResult], dict[str, float]]:
+  """Waits for ``submit_batch`` futures in order: (all results, summed stats).
+
+  Counts and seconds add up over the batches; the rate ``ocr/images_per_s``
+  does not, so it is left out.
+  """
+  results: list[OcrResult] = []
+  stats: dict[str, float] = {}
+  for future in futures:
+    batch_results, batch_stats = future.result()
+    results.extend(batch_results)
+    for name, value in batch_stats.items():
+      if name != 'ocr/images_per_s':
+        stats[name] = stats.get(name, 0.0) + float(value)
+  return results, stats
+
+
 class OcrPool:
   """Reads batches of images with ``num_workers`` OCR processes.
 

@@ -135,7 +135,8 @@ class Trainer:
       rl.rollout_chunks,
     )
 
-  def _mask_rows(self, boxes, n_rows: int) -> np.ndarray:
+  def mask_rows(self, boxes, n_rows: int) -> np.ndarray:
+    """[n_rows, L] MP masks from per-row boxes (all ones when MP is off)."""
     mp = self.config.rl.mp
     if not self.method.use_mp:
       return np.ones((n_rows, self.model.schedule.num_tokens), np.float32)
@@ -164,7 +165,7 @@ class Trainer:
         sum((list(b) for b in scored.boxes[r * k : (r + 1) * k]), [])
         for r in range(p * g)
       ]
-      mask = self._mask_rows(union, p * g)
+      mask = self.mask_rows(union, p * g)
       stats['vmr/value_mean'] = float(values.mean())
       stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
     elif phase == 'suffix':
@@ -177,12 +178,12 @@ class Trainer:
           f"config.rl.vmr.suffix_group must be 'prompt' or 'prefix', got {rl.vmr.suffix_group!r}"
         )
       adv = np.asarray(adv).reshape(-1)
-      rows, mask = np.arange(p * g * k), self._mask_rows(scored.boxes, p * g * k)
+      rows, mask = np.arange(p * g * k), self.mask_rows(scored.boxes, p * g * k)
     else:
       adv = np.asarray(
         grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
       ).reshape(-1)
-      rows, mask = np.arange(p * g * k), self._mask_rows(scored.boxes, p * g * k)
+      rows, mask = np.arange(p * g * k), self.mask_rows(scored.boxes, p * g * k)
     stage_scales, selector = self.stage[phase]
     mask = mask * selector[None]
     weights = panw.token_weights(self.model.schedule, self.method.alpha, stage_scales)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from varrl_jax.models import text as text_lib
+from varrl_jax.rewards import pool as pool_lib
 from varrl_jax.rewards import text as reward_lib
 from varrl_jax.sampling import Sampler
 
@@ -113,13 +114,7 @@ def sample(
 def score(rollout: Rollout, reward_cfg, box_source: str = 'matched') -> Scored:
   """Waits for the OCR of a rollout and computes rewards and MP boxes."""
   t0 = time.time()
-  results, stats = [], {}
-  for future in rollout.futures:
-    chunk_results, chunk_stats = future.result()
-    results.extend(chunk_results)
-    for name, value in chunk_stats.items():
-      if name != 'ocr/images_per_s':
-        stats[name] = stats.get(name, 0.0) + float(value)
+  results, stats = pool_lib.collect(rollout.futures)
   wait = time.time() - t0
   batch = reward_lib.rewards_for_batch(
     rollout.targets, results, kind=reward_cfg.kind, fallback=reward_cfg.fallback
