@@ -42,6 +42,12 @@ TEST = [
   'ruff==0.17.6',
 ]
 
+# libtpu for TPU VMs and for ahead-of-time TPU compiles on a CPU host
+# (python -m varrl_jax.aot). jax[tpu] pins the libtpu built for this jax
+# (0.0.42.*, a 213 MB wheel). In the test extra too: tests/test_aot.py
+# compiles for a v5p-8 topology.
+TPU = ['jax[tpu]==0.10.2']
+
 # TFDS without TensorFlow: build with array_record, read with tfds.data_source.
 TFDS = [
   'tensorflow-datasets==4.9.10',
@@ -62,8 +68,8 @@ setup(
   install_requires=CORE,
   extras_require={
     'ocr': OCR,
-    'test': TEST + OCR + TFDS,
+    'test': TEST + OCR + TFDS + TPU,
     'tfds': TFDS,
-    'tpu': ['jax[tpu]==0.10.2'],
+    'tpu': TPU,
   },
 )

@@ -170,7 +170,10 @@ def time_rl_updates(config, updates: int) -> list[str]:
       prompts = [
         (p.prompt, p.targets)
         for p in synthetic.prompts(
-          'train', rl.prompts_per_update, start=u * rl.prompts_per_update
+          'train',
+          rl.prompts_per_update,
+          start=u * rl.prompts_per_update,
+          variety=synthetic.Variety.from_config(config.data),
         )
       ]
       t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def test_wrong_image_size_is_one_error_line(tmp_path):
   lines = _error_lines(proc)
   assert len(lines) == 1, proc.stderr[-2000:]
   assert (
-    'image is 64x64 (HxW), the config expects 32x128 (config.image_size)' in lines[0]
+    'image is 64x64 (HxW), the config expects 40x160 (config.image_size)' in lines[0]
   )
 
 

@@ -117,6 +117,22 @@ def test_both_stages_run_and_save(tmp_path):
   ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+  # Continued training starts from the saved transformer, and its manifest
+  # chains the recipe: tokenizer, first transformer run, this run.
+  assert manifest['recipe'] == ['TOK-CMD', 'TR-CMD']
+  config.pretrain.transformer.init_from = tr_path
+  config.pretrain.transformer.tokenizer_checkpoint = tok_path
+  config.pretrain.transformer.lr = 0.0  # no update: the params stay as loaded
+  config.pretrain.transformer.steps = 1
+  more = transformer_stage.train(config, str(tmp_path / 'more'), 'MORE-CMD')
+  more = str(more)
+  assert checkpoint.read_manifest(more)['recipe'] == ['TOK-CMD', 'TR-CMD', 'MORE-CMD']
+  continued = checkpoint.load_params(more, model)
+  for a, b in zip(
+    jax.tree.leaves(continued['transformer']), jax.tree.leaves(params['transformer'])
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 
 def test_nan_loss_stops_after_saving(tmp_path):
   state = {'w': jnp.zeros(3)}

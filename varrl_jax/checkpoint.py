@@ -22,8 +22,16 @@ read. Any failure (missing directory, missing or corrupt file, shape or
 structure mismatch) is one `CheckpointError` line that names the path and
 the command that recreates the checkpoint.
 
-A later issue extends this module to the full train state (optimizer, data
-iterator) behind an orbax ``CheckpointManager``.
+`TrainCheckpoints` keeps the *full* RL train state for exact resume behind an
+orbax ``CheckpointManager`` (``WORKDIR/checkpoints/state/<update>/``): the
+GRPO `TrainState` (params, optimizer state, step) and a JSON record of
+everything else the run's future depends on: the next update index (which
+fixes the prompt-stream position, the rollout key ``fold_in(key, update)``
+and the alternation phase), the seed, the reference-params source and a
+fingerprint of the reference. Restoring targets the abstract state of the
+*current* run, with its shardings, so a state saved on one mesh restores
+onto another. A latest step that cannot be read falls back to the previous
+one with a warning.
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 PARTS = ('tokenizer', 'transformer')
 MANIFEST = 'manifest.json'
@@ -206,6 +217,12 @@ def load_params(
       functools.partial(model.init_boxed, parts=tuple(parts)), jax.random.key(0)
     )
   )
+  # Restore onto an explicit sharding: a checkpoint written on another
+  # topology (a GPU, a pod slice) then loads anywhere. Callers reshard.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+  )
   hint = _config_diff(manifest.get('config'), config)
   out, error = {}, None
   # Errors are raised after the checkpointer is closed: raising inside the
@@ -232,3 +249,115 @@ def load_params(
   if error is not None:
     raise error
   return out
+
+
+# ----------------------------------------------------------------------------
+# Full train state, for exact resume.
+
+
+def fingerprint(tree) -> str:
+  """A short digest of a pytree of (possibly sharded) arrays.
+
+  Hashes each leaf's path, shape and two float32 moments, computed on device
+  (cheap at any size, and every process gets the same replicated scalars):
+  it tells different weights apart, it is not a cryptographic hash.
+  """
+  import hashlib
+
+  moments = jax.jit(
+    lambda t: jax.tree.map(
+      lambda x: jnp.stack(
+        [jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))]
+      ),
+      t,
+    )
+  )(tree)
+  h = hashlib.blake2b(digest_size=8)
+  for (path, leaf), m in zip(
+    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(moments)
+  ):
+    h.update(f'{jax.tree_util.keystr(path)}{tuple(leaf.shape)}'.encode())
+    h.update(np.asarray(m, np.float32).tobytes())
+  return h.hexdigest()
+
+
+class TrainCheckpoints:
+  """Save / restore the RL train state under ``directory`` (see module doc).
+
+  Saves are synchronous: a save that returned is on disk, so a preempted job
+  (SIGTERM) can save and exit inside its grace period.
+  """
+
+  def __init__(self, directory: str, keep: int):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max(1, int(keep)), create=True, enable_async_checkpointing=False
+      ),
+      item_names=('state', 'record'),
+    )
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, update: int, state, record: Mapping[str, Any]) -> str:
+    """Writes the state reached *before* update ``update`` (the next one to run)."""
+    if update in self._manager.all_steps():
+      # A resumed run redoes steps after an unreadable one: replace it.
+      self._manager.delete(update)
+    self._manager.save(
+      update,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        record=ocp.args.JsonSave(dict(record, update=int(update))),
+      ),
+      force=True,
+    )
+    self._manager.wait_until_finished()
+    return os.path.join(self.directory, str(update))
+
+  def restore_latest(self, abstract_state) -> tuple[Any, dict] | None:
+    """(state, record) of the newest readable step, else None if there is none.
+
+    ``abstract_state``: the current run's state (arrays or ShapeDtypeStructs
+    with shardings); restored arrays take its shapes, dtypes and shardings.
+    Unreadable steps (a crash mid-save, a corrupt file) are skipped with a
+    warning; if none is readable, CheckpointError.
+    """
+    target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, 'sharding', None)
+      ),
+      abstract_state,
+    )
+    steps = self.steps()
+    problems = []
+    for step in reversed(steps):
+      try:
+        out = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            record=ocp.args.JsonRestore(),
+          ),
+        )
+      except Exception as e:  # orbax/tensorstore raise many types on bad files
+        problems.append(f'{step}: {_first_line(e)}')
+        logging.warning(
+          'train checkpoint %s/%d is unreadable (%s); trying the previous one',
+          self.directory,
+          step,
+          _first_line(e),
+        )
+        continue
+      return out.state, dict(out.record)
+    if steps:
+      raise CheckpointError(
+        f'{self.directory}: no readable train checkpoint ({"; ".join(problems)}); '
+        'delete the directory to start over'
+      )
+    return None
+
+  def close(self) -> None:
+    self._manager.close()

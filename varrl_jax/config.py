@@ -27,6 +27,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = (32, 128)
   c.scales = ((1, 4), (2, 8), (4, 16), (6, 24), (8, 32))
 
+  # Synthetic text-rendering data (varrl_jax/data/synthetic.py): how varied it
+  # is. Pretraining, RL prompts and the synthetic evaluation splits all use it.
+  c.data = ml_collections.ConfigDict()
+  c.data.max_words = 2  # quoted target words per prompt: 1 or 2 (35 % get two)
+  c.data.fonts = ()  # DejaVu styles to draw from; () = all (synthetic.FONT_STYLES)
+  c.data.backgrounds = ()  # of 'solid', 'gradient', 'noise'; () = all
+
   # Multi-scale residual VQ-VAE (varrl_jax/models/tokenizer.py).
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.downsample = 4  # pixels per latent cell; = 2 ** (len(channels) - 1)
@@ -120,6 +127,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.reward.kind = 'comp_sim_pen'  # 'comp_sim_pen' | 'one_minus_ned'
   c.rl.reward.fallback = 0.0  # reward of an image whose OCR failed
 
+  # Full train-state checkpoints of an RL run, for exact resume
+  # (WORKDIR/checkpoints/state; varrl_jax/checkpoint.py TrainCheckpoints).
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = (
+    10  # save every N updates (also at the end, and on SIGTERM/SIGINT)
+  )
+  c.checkpoint.keep = 2  # newest states kept
+  c.checkpoint.resume = True  # continue from the newest state in the workdir
+
   # OCR engine and its worker pool (varrl_jax/rewards/ocr.py, pool.py).
   c.ocr = ml_collections.ConfigDict()
   c.ocr.engine = 'easyocr'  # 'easyocr' | 'rapidocr'
@@ -181,6 +197,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain.transformer.warmup_steps = 1000
   c.pretrain.transformer.weight_decay = 0.05  # on dense kernels only
   c.pretrain.transformer.grad_clip = 1.0
+  # A checkpoint whose transformer this stage starts from (continued
+  # training, with a fresh optimizer and lr schedule; its tokenizer must be
+  # the stage's). '' = a random init. Set another pretrain.data_seed to
+  # continue on unseen examples.
+  c.pretrain.transformer.init_from = ''
   # Probability of replacing a prompt by the null prompt, so the model also
   # learns the unconditional distribution that classifier-free guidance needs.
   c.pretrain.transformer.prompt_dropout = 0.1

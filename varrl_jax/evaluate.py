@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from varrl_jax import cli
 from varrl_jax import images as images_lib
+from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
 from varrl_jax.models.var import build_model
 from varrl_jax.rewards.service import make_pool
@@ -39,24 +40,48 @@ _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', None, "Checkpoint (default: the config's)."
 )
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/eval', 'Output folder.')
+_SOURCE = flags.DEFINE_enum(
+  'source',
+  'samples',
+  list(evaluator.SOURCES),
+  'What to score: the model samples, or (synthetic splits) the ground-truth '
+  'renders or their tokenizer reconstructions.',
+)
 
 
-def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:
+def run(
+  config, data, split, checkpoint, workdir, source='samples'
+) -> evaluator.EvalReport:
   spec = data or split or config.eval.split
   prompts = prompt_sets.from_spec(
-    spec, config.eval.num_prompts, config.eval.data_seed, config.eval.cvtg_targets
+    spec,
+    config.eval.num_prompts,
+    config.eval.data_seed,
+    config.eval.cvtg_targets,
+    synthetic.Variety.from_config(config.data),
   )
   model = build_model(config)
   # Fail fast on bad prompts, before any compile.
   evaluator.encode_prompts(prompts, config.model.text_len, config.eval.truncate_prompts)
-  params, source = load_weights(config, model, checkpoint)
-  print(f'model weights: {source}')
+  if source != 'samples' and spec.startswith('cvtg:'):
+    raise ValueError(
+      f'--source={source} needs ground-truth renders: use a synthetic --split, '
+      'not --data=cvtg:...'
+    )
+  # Renders need no model; reconstructions only the tokenizer.
+  parts = {'samples': ('tokenizer', 'transformer'), 'reconstructions': ('tokenizer',)}
+  if source == 'renders':
+    params, weights = {}, 'none (ground-truth renders)'
+  else:
+    params, weights = load_weights(config, model, checkpoint, parts[source])
+  print(f'model weights: {weights}')
   with make_pool(config) as pool:
-    report = evaluator.evaluate(model, params, config, prompts, pool)
+    report = evaluator.evaluate(model, params, config, prompts, pool, source=source)
   os.makedirs(workdir, exist_ok=True)
   summary = {
     'data': spec,
-    'weights': source,
+    'source': source,
+    'weights': weights,
     'num_prompts': len(prompts),
     'images_per_prompt': config.eval.images_per_prompt,
     'seed': config.eval.seed,
@@ -87,7 +112,7 @@ def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:
   s = report.summary
   print(f'metrics: {os.path.join(workdir, "metrics.json")}  grid: {grid}')
   print(
-    f'{spec}: Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}  '
+    f'{spec} ({source}): Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}  '
     f'({s.n_images} images, {s.n_words} target words, {s.n_failed} OCR failures)'
   )
   return report
@@ -96,7 +121,13 @@ def run(config, data, split, checkpoint, workdir) -> evaluator.EvalReport:
 def main(argv):
   del argv
   cli.run_reporting_errors(
-    run, _CONFIG.value, _DATA.value, _SPLIT.value, _CHECKPOINT.value, _WORKDIR.value
+    run,
+    _CONFIG.value,
+    _DATA.value,
+    _SPLIT.value,
+    _CHECKPOINT.value,
+    _WORKDIR.value,
+    _SOURCE.value,
   )
 
 

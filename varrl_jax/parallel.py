@@ -17,6 +17,7 @@ is jitted with those ``out_shardings`` (no full copy on any one device).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -93,6 +94,15 @@ def sharded_init(model, key: jax.Array, mesh: Mesh, rules=LOGICAL_RULES):
   shardings = nn.unbox(logical_shardings(mesh, abstract, rules))
   init = jax.jit(lambda k: nn.unbox(model.init_boxed(k)), out_shardings=shardings)
   return init(key), shardings
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+  """Trace (jit, lower) inside this: ``jax.set_mesh(mesh)``, so the model's
+  activation constraints take effect and the splash-attention kernel finds
+  the mesh it is ``shard_map``-ped over."""
+  with jax.set_mesh(mesh):
+    yield
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

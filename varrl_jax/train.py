@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import jax
@@ -26,6 +27,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from varrl_jax import checkpoint as ckpt_lib
 from varrl_jax import cli
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
@@ -44,7 +46,9 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir/train', 'Output folder.')
 
 def _eval(config, model, params, pool, workdir: str, name: str):
   ec = config.eval
-  prompts = prompt_sets.synthetic_prompts(ec.split, ec.num_prompts, ec.data_seed)
+  prompts = prompt_sets.synthetic_prompts(
+    ec.split, ec.num_prompts, ec.data_seed, synthetic.Variety.from_config(config.data)
+  )
   report = evaluator.evaluate(model, params, config, prompts, pool, progress=False)
   out = os.path.join(workdir, name)
   os.makedirs(out, exist_ok=True)
@@ -71,6 +75,118 @@ def _save(config, trainer, workdir: str, name: str, update: int, metrics: dict) 
   return path
 
 
+class Preempted(SystemExit):
+  """SIGTERM/SIGINT arrived: the state was saved; exit code 128 + signal."""
+
+
+class _StopFlag:
+  """Turns SIGTERM/SIGINT into a flag read between updates (restored on exit)."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no handler, no flag
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _run_record(config, trainer, update: int) -> dict:
+  return {
+    'seed': int(config.seed),
+    'rl_data_seed': int(config.rl.data_seed),
+    'prompts_consumed': int(update * config.rl.prompts_per_update),
+    'reference': config.init_checkpoint or f'random init (seed {config.seed})',
+    'reference_fingerprint': trainer.ref_fingerprint,
+    'mode': config.rl.mode,
+  }
+
+
+def _resume(config, trainer, states) -> int:
+  """Restores the newest state into ``trainer``; returns the next update."""
+  restored = states.restore_latest(trainer.state)
+  if restored is None:
+    return 0
+  state, record = restored
+  if record.get('reference_fingerprint') != trainer.ref_fingerprint:
+    raise ckpt_lib.CheckpointError(
+      f'{states.directory}: saved with reference {record.get("reference")!r}, '
+      f'but this run starts from {config.init_checkpoint or "a random init"!r} '
+      '(another init_checkpoint or seed?); use another --workdir or '
+      '--config.checkpoint.resume=False'
+    )
+  trainer.state = state
+  update = int(record['update'])
+  print(f'resuming from {states.directory}/{update} (update {update})')
+  return update
+
+
+def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -> dict:
+  """Updates ``start .. num_updates - 1``; returns the last update's metrics.
+
+  Saves the train state every ``config.checkpoint.every`` updates and at the
+  end; after a SIGTERM/SIGINT it saves and raises `Preempted`.
+  """
+  rl = config.rl
+  key = jax.random.key(config.seed)
+  variety = synthetic.Variety.from_config(config.data)
+  metrics = {}
+  bar = tqdm.trange(start, rl.num_updates, desc=f'rl[{rl.mode}]', initial=start)
+  for update in bar:
+    prompts = [
+      (p.prompt, p.targets)
+      for p in synthetic.prompts(
+        'train',
+        rl.prompts_per_update,
+        seed=rl.data_seed,
+        start=update * rl.prompts_per_update,
+        variety=variety,
+      )
+    ]
+    try:
+      metrics, ro, scored, phase = trainer.run_update(
+        update, prompts, jax.random.fold_in(key, update)
+      )
+    except loop.NonFiniteError as e:
+      path = _save(
+        config, trainer, workdir, f'nonfinite_update{update}', update, metrics
+      )
+      raise loop.NonFiniteError(f'{e}; stopped, checkpoint saved to {path}') from None
+    writer.write(update, metrics)
+    bar.set_postfix(phase=phase, reward=f'{metrics["reward/mean"]:.3f}')
+    if update == 0:
+      row = int(np.argmax([len(b) for b in scored.boxes]))
+      mask = trainer.mask_rows([scored.boxes[row]], 1)[0]
+      mask_viz.mask_panels(ro.images[row], mask, model.schedule).save(
+        os.path.join(workdir, 'masks.png')
+      )
+    done = update + 1
+    if done % config.checkpoint.every == 0 or done == rl.num_updates or stop.signum:
+      path = states.save(done, trainer.state, _run_record(config, trainer, done))
+    if stop.signum:
+      bar.close()
+      writer.close()
+      name = signal.Signals(stop.signum).name
+      print(
+        f'{name}: stopped after update {update}; state saved to {path}. '
+        'Run the same command again to resume.'
+      )
+      raise Preempted(128 + stop.signum)
+  return metrics
+
+
 def train(config, workdir: str, pool=None) -> dict:
   """Runs the whole job; returns the before/after held-out summaries.
 
@@ -92,38 +208,18 @@ def train(config, workdir: str, pool=None) -> dict:
       f'NED {before.summary.ned:.4f}'
     )
     trainer = loop.Trainer(config, model, params, pool)
-    rl = config.rl
-    key = jax.random.key(config.seed)
-    metrics = {}
-    bar = tqdm.trange(rl.num_updates, desc=f'rl[{rl.mode}]')
-    for update in bar:
-      prompts = [
-        (p.prompt, p.targets)
-        for p in synthetic.prompts(
-          'train',
-          rl.prompts_per_update,
-          seed=rl.data_seed,
-          start=update * rl.prompts_per_update,
+    states = ckpt_lib.TrainCheckpoints(
+      os.path.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
+    )
+    try:
+      start = _resume(config, trainer, states) if config.checkpoint.resume else 0
+      with _StopFlag() as stop:
+        metrics = _run_updates(
+          config, model, trainer, states, writer, workdir, start, stop
         )
-      ]
-      try:
-        metrics, ro, scored, phase = trainer.run_update(
-          update, prompts, jax.random.fold_in(key, update)
-        )
-      except loop.NonFiniteError as e:
-        path = _save(
-          config, trainer, workdir, f'nonfinite_update{update}', update, metrics
-        )
-        raise loop.NonFiniteError(f'{e}; stopped, checkpoint saved to {path}') from None
-      writer.write(update, metrics)
-      bar.set_postfix(phase=phase, reward=f'{metrics["reward/mean"]:.3f}')
-      if update == 0:
-        row = int(np.argmax([len(b) for b in scored.boxes]))
-        mask = trainer.mask_rows([scored.boxes[row]], 1)[0]
-        mask_viz.mask_panels(ro.images[row], mask, model.schedule).save(
-          os.path.join(workdir, 'masks.png')
-        )
-    ckpt = _save(config, trainer, workdir, 'final', rl.num_updates, metrics)
+    finally:
+      states.close()
+    ckpt = _save(config, trainer, workdir, 'final', config.rl.num_updates, metrics)
     after = _eval(config, model, trainer.params, pool, workdir, 'eval_after')
   writer.close()
 

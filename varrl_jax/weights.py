@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import logging
 
+# The pretrained tiny model shipped inside the package (configs/tiny.py's
+# default); its manifest.json records how it was made and how good it is.
+SHIPPED_TINY = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'assets', 'tiny'
+)
 
-def load_weights(config, model, checkpoint: str | None = None) -> tuple[dict, str]:
+
+def load_weights(
+  config, model, checkpoint: str | None = None, parts=('tokenizer', 'transformer')
+) -> tuple[dict, str]:
   """(params, description) from ``checkpoint``, else ``config.init_checkpoint``.
 
   With neither set, a random initialisation seeded by ``config.seed`` (with a
@@ -19,5 +29,6 @@ def load_weights(config, model, checkpoint: str | None = None) -> tuple[dict, st
   path = checkpoint or config.init_checkpoint
   if not path:
     logging.warning('No checkpoint configured: randomly initialised weights.')
-    return model.init(jax.random.key(config.seed)), f'random init (seed {config.seed})'
-  return ckpt_lib.load_params(path, model, config=config.to_dict()), path
+    params = model.init(jax.random.key(config.seed))
+    return {p: params[p] for p in parts}, f'random init (seed {config.seed})'
+  return ckpt_lib.load_params(path, model, parts, config=config.to_dict()), path

@@ -172,3 +172,34 @@ def test_missing_faces_fall_back(tmp_path, fresh_font_cache):
   found = synthetic.find_fonts([tmp_path])
   assert set(found) == {s for s, _, _ in synthetic._FONT_STYLES}
   assert set(found.values()) == {tmp_path / 'DejaVuSans.ttf'}
+
+
+def test_variety_narrows_words_fonts_and_backgrounds():
+  v = synthetic.Variety(max_words=1, fonts=('mono',), backgrounds=('solid',))
+  ds = synthetic.SyntheticTextDataset('train', (32, 128), seed=3, variety=v)
+  examples = [ds[i] for i in range(40)]
+  assert all(len(e.targets) == 1 for e in examples)
+  assert {e.meta['font'] for e in examples} == {'mono'}
+  assert {e.meta['background'] for e in examples} == {'solid'}
+  # The full variety draws two-word prompts, other faces and backgrounds.
+  full = [
+    synthetic.SyntheticTextDataset('train', (32, 128), seed=3)[i] for i in range(40)
+  ]
+  assert any(len(e.targets) == 2 for e in full)
+  assert len({e.meta['font'] for e in full}) > 1
+  assert len({e.meta['background'] for e in full}) > 1
+  # Prompts without rendering agree with the narrowed dataset.
+  assert [p.prompt for p in ds.prompts(40)] == [e.prompt for e in examples]
+
+
+def test_variety_from_config_and_errors():
+  import ml_collections
+
+  c = ml_collections.ConfigDict({'max_words': 2, 'fonts': (), 'backgrounds': ()})
+  assert synthetic.Variety.from_config(c) == synthetic.FULL
+  with pytest.raises(ValueError, match='data.max_words must be 1 or 2'):
+    synthetic.Variety(max_words=3)
+  with pytest.raises(ValueError, match=r"data.fonts: unknown \['comic'\]"):
+    synthetic.Variety(fonts=('comic',))
+  with pytest.raises(ValueError, match='data.backgrounds is empty'):
+    synthetic.Variety(backgrounds=())

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import toy_config
 from tests.data.cvtg_fixture import make_cvtg_fixture, write_bytes
+from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards.pool import OcrPool
@@ -80,6 +81,36 @@ def test_synthetic_sets_validate():
     prompt_sets.synthetic_prompts('test', 3)
   with pytest.raises(ValueError, match='num_prompts > 0'):
     prompt_sets.synthetic_prompts('heldout', 0)
+
+
+def test_renders_and_reconstructions_sources(toy):
+  _, model, params = toy
+  config = _config()
+  variety = synthetic.Variety(max_words=1)
+  prompts = prompt_sets.synthetic_prompts('heldout', 4, seed=2, variety=variety)
+  ds = synthetic.SyntheticTextDataset('heldout', (16, 32), seed=2, variety=variety)
+  renders = np.stack([ds[i].image for i in range(4)])
+  with OcrPool(ReadsOpen, num_workers=0) as pool:
+    got = evaluator.evaluate(
+      model, params, config, prompts, pool, progress=False, source='renders'
+    )
+    rec = evaluator.evaluate(
+      model, params, config, prompts, pool, progress=False, source='reconstructions'
+    )
+  np.testing.assert_array_equal(got.grid_images, renders)
+  want = np.asarray(model.decode_tokens(params, model.encode_images(params, renders)))
+  np.testing.assert_array_equal(rec.grid_images, want)
+  assert not np.array_equal(rec.grid_images, renders)
+
+
+def test_renders_need_synthetic_prompts(toy):
+  _, model, params = toy
+  prompts = [prompt_sets.EvalPrompt("'OPEN'", ('OPEN',), {}, 'CVTG/1/0')]
+  with OcrPool(ReadsOpen, num_workers=0) as pool:
+    with pytest.raises(ValueError, match='CVTG/1/0 has no ground-truth render'):
+      evaluator.evaluate(
+        model, params, _config(), prompts, pool, progress=False, source='renders'
+      )
 
 
 def _evaluate_cli(*args):

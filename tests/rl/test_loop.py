@@ -1,5 +1,7 @@
 """The RL host loop end to end on the toy model with an injected OCR engine."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -232,3 +234,110 @@ def test_non_finite_step_leaves_the_state_unchanged(toy):
   for a, b in zip(before, jax.tree.leaves(trainer.state.params)):
     np.testing.assert_array_equal(a, b)
   assert int(trainer.state.step) == 0
+
+
+def _final_params(path):
+  from varrl_jax import checkpoint
+
+  model = build_model(_train_config())
+  return checkpoint.load_params(str(path / 'checkpoints' / 'final'), model)
+
+
+def _assert_bitwise_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """4 updates without interruption: the reference for the resume tests."""
+  from varrl_jax import train
+
+  path = tmp_path_factory.mktemp('straight')
+  c = _train_config()
+  c.rl.num_updates = 4
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(path), pool=pool)
+  return _final_params(path)
+
+
+def test_sigterm_saves_then_resume_is_bit_identical(
+  tmp_path, straight_run, monkeypatch
+):
+  import signal
+
+  from varrl_jax import train
+  from varrl_jax.writers import read_jsonl
+
+  c = _train_config()
+  c.rl.num_updates = 4
+  c.checkpoint.every = 100  # only the SIGTERM save and the final one
+  run_update = loop.Trainer.run_update
+
+  def preempted_during_update_1(self, update, prompts, key):
+    if update == 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-update
+    return run_update(self, update, prompts, key)
+
+  monkeypatch.setattr(loop.Trainer, 'run_update', preempted_during_update_1)
+  handler = signal.getsignal(signal.SIGTERM)
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    with pytest.raises(train.Preempted) as e:
+      train.train(c, str(tmp_path), pool=pool)
+  assert e.value.code == 128 + signal.SIGTERM
+  # The update in flight finished, then the state after it was saved.
+  assert os.listdir(tmp_path / 'checkpoints' / 'state') == ['2']
+  assert signal.getsignal(signal.SIGTERM) is handler  # restored
+  monkeypatch.undo()
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  _assert_bitwise_equal(_final_params(tmp_path), straight_run)
+  assert [r['step'] for r in read_jsonl(str(tmp_path / 'metrics.jsonl'))] == [
+    0,
+    1,
+    2,
+    3,
+  ]
+
+
+def test_corrupt_latest_state_falls_back_to_the_previous(
+  tmp_path, straight_run, caplog
+):
+  from varrl_jax import train
+
+  c = _train_config()
+  c.rl.num_updates = 2
+  c.checkpoint.every = 1
+  c.checkpoint.keep = 2
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  state_dir = tmp_path / 'checkpoints' / 'state'
+  assert sorted(os.listdir(state_dir)) == ['1', '2']
+  # Corrupt every array file of the newest state.
+  for d, _, files in os.walk(state_dir / '2' / 'state'):
+    for f in files:
+      if not f.startswith('_'):
+        with open(os.path.join(d, f), 'wb') as fh:
+          fh.write(b'garbage')
+  c.rl.num_updates = 4
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  assert any('unreadable' in r.getMessage() for r in caplog.records)
+  _assert_bitwise_equal(_final_params(tmp_path), straight_run)
+
+
+def test_resume_refuses_another_reference(tmp_path):
+  from varrl_jax import checkpoint, train
+
+  c = _train_config()
+  c.rl.mode = 'vanilla'  # one phase: one compile
+  c.rl.num_updates = 1
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  c.seed = 1  # another random init: another reference policy
+  c.rl.num_updates = 2
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    with pytest.raises(checkpoint.CheckpointError, match='saved with reference'):
+      train.train(c, str(tmp_path), pool=pool)

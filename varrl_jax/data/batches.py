@@ -30,13 +30,16 @@ def synthetic_batches(
   batch_size: int,
   text_len: int | None = None,
   start_step: int = 0,
+  variety: synthetic.Variety = synthetic.FULL,
 ) -> Iterator[Batch]:
   """Endless batches ``{'images': uint8 [B, H, W, 3]}`` from step ``start_step``.
 
   With ``text_len`` the batch also holds the encoded prompts,
   ``'text_ids'`` int32 [B, text_len] and ``'text_mask'`` bool [B, text_len].
   """
-  ds = synthetic.SyntheticTextDataset(split, image_size, seed=seed, size=None)
+  ds = synthetic.SyntheticTextDataset(
+    split, image_size, seed=seed, size=None, variety=variety
+  )
   step = start_step
   while True:
     examples = [ds[i] for i in range(step * batch_size, (step + 1) * batch_size)]

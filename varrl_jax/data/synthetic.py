@@ -142,6 +142,48 @@ _FONT_STYLES: tuple[tuple[str, str, str | None], ...] = (
   ('serif-condensed', 'DejaVuSerifCondensed.ttf', 'serif'),
 )
 
+FONT_STYLES = tuple(style for style, _, _ in _FONT_STYLES)
+BACKGROUNDS = ('solid', 'gradient', 'noise')
+
+
+@dataclasses.dataclass(frozen=True)
+class Variety:
+  """How varied the data is: words per prompt, font styles, backgrounds.
+
+  The default is the full variety. A narrower one (``configs/tiny.py`` uses
+  one word per prompt) suits small canvases and short CPU runs. Part of the
+  data's identity: the same seed with another variety gives other examples.
+  """
+
+  max_words: int = 2
+  fonts: tuple[str, ...] = FONT_STYLES
+  backgrounds: tuple[str, ...] = BACKGROUNDS
+
+  def __post_init__(self):
+    if self.max_words not in (1, 2):
+      raise ValueError(f'data.max_words must be 1 or 2, got {self.max_words}')
+    for name, got, allowed in (
+      ('fonts', self.fonts, FONT_STYLES),
+      ('backgrounds', self.backgrounds, BACKGROUNDS),
+    ):
+      if not got:
+        raise ValueError(f'data.{name} is empty; choose from {allowed}')
+      bad = [x for x in got if x not in allowed]
+      if bad:
+        raise ValueError(f'data.{name}: unknown {bad}; choose from {allowed}')
+
+  @classmethod
+  def from_config(cls, data_config) -> Variety:
+    """From ``config.data`` (empty tuples mean 'all')."""
+    return cls(
+      max_words=int(data_config.max_words),
+      fonts=tuple(data_config.fonts) or FONT_STYLES,
+      backgrounds=tuple(data_config.backgrounds) or BACKGROUNDS,
+    )
+
+
+FULL = Variety()
+
 _PACKAGE_FONT_DIR = pathlib.Path(__file__).resolve().parent.parent / 'assets' / 'fonts'
 _SYSTEM_FONT_DIR = pathlib.Path('/usr/share/fonts/truetype/dejavu')
 
@@ -252,10 +294,13 @@ def format_prompt(words: Sequence[str], carrier: str, template_id: int) -> str:
   return TEMPLATES[template_id].text.format(a_carrier=f'{article} {carrier}', text=text)
 
 
-def _sample_prompt(rng: np.random.Generator, split: str) -> SyntheticPrompt:
+def _sample_prompt(
+  rng: np.random.Generator, split: str, variety: Variety = FULL
+) -> SyntheticPrompt:
   vocab = split_words(split)
   for _ in range(_MAX_TRIES):
-    n = 2 if rng.random() < _TWO_WORD_PROB else 1
+    two = rng.random() < _TWO_WORD_PROB
+    n = 2 if two and variety.max_words >= 2 else 1
     words = tuple(vocab[int(i)] for i in rng.choice(len(vocab), size=n, replace=False))
     carrier = CARRIERS[int(rng.integers(len(CARRIERS)))].name
     template_id = int(rng.integers(len(TEMPLATES)))
@@ -281,13 +326,16 @@ def _child(ss: np.random.SeedSequence, k: int) -> np.random.Generator:
   )
 
 
-def prompts(split: str, n: int, seed: int = 0, start: int = 0) -> list[SyntheticPrompt]:
+def prompts(
+  split: str, n: int, seed: int = 0, start: int = 0, variety: Variety = FULL
+) -> list[SyntheticPrompt]:
   """Prompts ``start .. start+n-1`` of a split, without rendering (fast).
 
-  Equal to the prompts/targets of ``SyntheticTextDataset(split, _, seed)[i]``.
+  Equal to the prompts/targets of
+  ``SyntheticTextDataset(split, _, seed, variety=variety)[i]``.
   """
   return [
-    _sample_prompt(_child(_example_seed(seed, split, i), 0), split)
+    _sample_prompt(_child(_example_seed(seed, split, i), 0), split, variety)
     for i in range(start, start + n)
   ]
 
@@ -373,12 +421,14 @@ def contrast_ratio(a: np.ndarray, b: np.ndarray) -> float:
 _MIN_CONTRAST = 4.5
 
 
-def _sample_colors(rng: np.random.Generator, tone: str) -> dict[str, Any]:
+def _sample_colors(
+  rng: np.random.Generator, tone: str, backgrounds: Sequence[str] = BACKGROUNDS
+) -> dict[str, Any]:
   """Background (solid / gradient / noise) and a text colour that contrasts."""
   dark_bg = rng.random() < 0.5 if tone == 'any' else tone == 'dark'
   bg_lo, bg_hi = (0, 80) if dark_bg else (175, 256)
   fg_lo, fg_hi = (150, 256) if dark_bg else (0, 90)
-  kind = ('solid', 'gradient', 'noise')[int(rng.integers(3))]
+  kind = backgrounds[int(rng.integers(len(backgrounds)))]
   c0 = rng.integers(bg_lo, bg_hi, size=3)
   c1 = (
     np.clip(c0 + rng.integers(-40, 41, size=3), bg_lo, bg_hi - 1)
@@ -484,14 +534,15 @@ def render_words(
   image_size: tuple[int, int],
   rng: np.random.Generator,
   tone: str = 'any',
+  variety: Variety = FULL,
 ) -> tuple[np.ndarray, tuple[PixelBox, ...], dict[str, Any]]:
   """Renders ``words`` legibly on a ``(height, width)`` canvas.
 
   Returns the uint8 ``[H, W, 3]`` image, one ink box per word and render meta.
   """
   h, w = image_size
-  colors = _sample_colors(rng, tone)
-  style, _, _ = _FONT_STYLES[int(rng.integers(len(_FONT_STYLES)))]
+  colors = _sample_colors(rng, tone, variety.backgrounds)
+  style = variety.fonts[int(rng.integers(len(variety.fonts)))]
   path = _fonts()[style]
   margin = max(1, round(0.06 * min(h, w)))
   avail_w, avail_h = w - 2 * margin, h - 2 * margin
@@ -559,16 +610,20 @@ def _make_from_rngs(
   render_rng: np.random.Generator,
   split: str,
   image_size: tuple[int, int],
+  variety: Variety = FULL,
 ) -> SyntheticExample:
-  p = _sample_prompt(prompt_rng, split)
+  p = _sample_prompt(prompt_rng, split, variety)
   tone = next(c.tone for c in CARRIERS if c.name == p.carrier)
-  image, boxes, meta = render_words(p.targets, image_size, render_rng, tone)
+  image, boxes, meta = render_words(p.targets, image_size, render_rng, tone, variety)
   meta = {'split': split, 'carrier': p.carrier, 'template_id': p.template_id, **meta}
   return SyntheticExample(p.prompt, p.targets, image, boxes, meta)
 
 
 def make_example(
-  seed_or_rng: SeedLike, split: str = 'train', image_size: tuple[int, int] = (64, 128)
+  seed_or_rng: SeedLike,
+  split: str = 'train',
+  image_size: tuple[int, int] = (64, 128),
+  variety: Variety = FULL,
 ) -> SyntheticExample:
   """One example, deterministic in the seed (or the generator's state).
 
@@ -577,13 +632,13 @@ def make_example(
   """
   _check_split(split)
   if isinstance(seed_or_rng, np.random.Generator):
-    return _make_from_rngs(seed_or_rng, seed_or_rng, split, image_size)
+    return _make_from_rngs(seed_or_rng, seed_or_rng, split, image_size, variety)
   ss = (
     seed_or_rng
     if isinstance(seed_or_rng, np.random.SeedSequence)
     else np.random.SeedSequence(seed_or_rng)
   )
-  return _make_from_rngs(_child(ss, 0), _child(ss, 1), split, image_size)
+  return _make_from_rngs(_child(ss, 0), _child(ss, 1), split, image_size, variety)
 
 
 def collate(examples: Sequence[SyntheticExample]) -> SyntheticBatch:
@@ -608,8 +663,10 @@ class SyntheticTextDataset:
     image_size: tuple[int, int] = (64, 128),
     seed: int = 0,
     size: int | None = None,
+    variety: Variety = FULL,
   ):
     _check_split(split)
+    self.variety = variety
     self.split = split
     self.image_size = (int(image_size[0]), int(image_size[1]))
     self.seed = int(seed)
@@ -627,7 +684,10 @@ class SyntheticTextDataset:
       if not 0 <= index < self.size:
         raise IndexError(f'index {index} out of range for size {self.size}')
     return make_example(
-      _example_seed(self.seed, self.split, index), self.split, self.image_size
+      _example_seed(self.seed, self.split, index),
+      self.split,
+      self.image_size,
+      self.variety,
     )
 
   def __iter__(self) -> Iterator[SyntheticExample]:
@@ -638,7 +698,7 @@ class SyntheticTextDataset:
 
   def prompts(self, n: int, start: int = 0) -> list[SyntheticPrompt]:
     """Prompt/targets of items ``start .. start+n-1`` without rendering."""
-    return prompts(self.split, n, self.seed, start)
+    return prompts(self.split, n, self.seed, start, self.variety)
 
   def get_batch(self, indices: Sequence[int]) -> SyntheticBatch:
     """Renders and stacks the given items."""

@@ -6,6 +6,12 @@ batch i draws with ``fold_in(key(config.eval.seed), i)``, so a run is
 deterministic. OCR of batch i runs in the worker pool while batch i + 1 is
 sampled. The last batch is padded to the static batch size with copies of
 its last prompt; the copies are dropped before scoring.
+
+``source`` picks what is scored: ``samples`` (the model's images), or, for
+synthetic prompt sets, ``renders`` (the ground-truth renders: the OCR
+ceiling) or ``reconstructions`` (renders passed through the tokenizer: what
+the tokenizer keeps legible). The three share prompts, OCR and scorer, so
+their ratios are like for like.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 import tqdm
 
 from varrl_jax import sampling
+from varrl_jax.data import synthetic
 from varrl_jax.eval import metrics as metrics_lib
 from varrl_jax.eval.prompt_sets import EvalPrompt
 from varrl_jax.models import text as text_lib
@@ -59,16 +66,46 @@ def encode_prompts(
   return text_lib.encode(texts, text_len)
 
 
+SOURCES = ('samples', 'renders', 'reconstructions')
+
+
+def render_batch(prompts: list[EvalPrompt], image_size) -> np.ndarray:
+  """Ground-truth renders uint8 [B, H, W, 3] of synthetic prompts."""
+  missing = [p.key for p in prompts if p.example is None]
+  if missing:
+    raise ValueError(
+      f'renders and reconstructions need synthetic prompts; {missing[0]} has no '
+      'ground-truth render (use --split=heldout or heldout_words)'
+    )
+  out = []
+  for p in prompts:
+    split, seed, index, variety = p.example
+    ex = synthetic.SyntheticTextDataset(split, image_size, seed, variety=variety)[index]
+    if ex.prompt != p.prompt:
+      raise ValueError(f'{p.key}: prompt does not match its synthetic example')
+    out.append(ex.image)
+  return np.stack(out)
+
+
 def evaluate(
-  model, params, config, prompts: list[EvalPrompt], pool, progress=True
+  model,
+  params,
+  config,
+  prompts: list[EvalPrompt],
+  pool,
+  progress=True,
+  source: str = 'samples',
 ) -> EvalReport:
-  """Scores ``prompts`` with the model; ``pool`` is an `OcrPool`."""
+  """Scores ``prompts`` (see ``source`` above); ``pool`` is an `OcrPool`."""
   if not prompts:
     raise ValueError('the prompt set is empty')
+  if source not in SOURCES:
+    raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
   ec = config.eval
   items = [p for p in prompts for _ in range(ec.images_per_prompt)]
   ids, mask = encode_prompts(items, config.model.text_len, ec.truncate_prompts)
   sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
+  recon = jax.jit(lambda p, x: model.decode_tokens(p, model.encode_images(p, x)))
   bs = ec.batch_size
   key = jax.random.key(ec.seed)
   t0 = time.time()
@@ -77,8 +114,14 @@ def evaluate(
   for i, start in enumerate(tqdm.tqdm(starts, desc='eval', disable=not progress)):
     n = min(bs, len(items) - start)
     take = np.minimum(np.arange(start, start + bs), start + n - 1)
-    out = sampler.sample(params, ids[take], mask[take], jax.random.fold_in(key, i))
-    images = np.asarray(jax.device_get(out.images))[:n]
+    if source == 'samples':
+      out = sampler.sample(params, ids[take], mask[take], jax.random.fold_in(key, i))
+      images = np.asarray(jax.device_get(out.images))[:n]
+    else:
+      images = render_batch([items[j] for j in take], model.schedule.image_size)
+      if source == 'reconstructions':
+        images = np.asarray(jax.device_get(recon(params, images)))
+      images = images[:n]
     if sum(len(g) for g in grid) < ec.grid_images:
       grid.append(images)
     futures.append(pool.submit_batch(images))

@@ -18,6 +18,9 @@ class EvalPrompt:
   targets: tuple[str, ...]
   groups: dict
   key: str
+  # Synthetic prompts only: (split, data seed, index, variety) of the example
+  # whose render evaluates the OCR ceiling and the tokenizer (evaluator).
+  example: tuple[str, int, int, synthetic.Variety] | None = None
 
 
 def cvtg_prompts(
@@ -33,7 +36,9 @@ def cvtg_prompts(
   ]
 
 
-def synthetic_prompts(split: str, limit: int, seed: int = 0) -> list[EvalPrompt]:
+def synthetic_prompts(
+  split: str, limit: int, seed: int = 0, variety: synthetic.Variety = synthetic.FULL
+) -> list[EvalPrompt]:
   """The first ``limit`` prompts of a synthetic split (held-out by construction)."""
   if split not in ('train', 'heldout', 'heldout_words'):
     raise ValueError(
@@ -49,13 +54,20 @@ def synthetic_prompts(split: str, limit: int, seed: int = 0) -> list[EvalPrompt]
       tuple(p.targets),
       {'split': split, 'targets': len(p.targets)},
       f'{split}/{i}',
+      (split, seed, i, variety),
     )
-    for i, p in enumerate(synthetic.prompts(split, limit, seed=seed))
+    for i, p in enumerate(synthetic.prompts(split, limit, seed, variety=variety))
   ]
 
 
-def from_spec(spec: str, limit: int, seed: int = 0, cvtg_targets: str = 'sentences'):
+def from_spec(
+  spec: str,
+  limit: int,
+  seed: int = 0,
+  cvtg_targets: str = 'sentences',
+  variety: synthetic.Variety = synthetic.FULL,
+):
   """``cvtg:/path/to/CVTG-2K`` or a synthetic split name."""
   if spec.startswith('cvtg:'):
     return cvtg_prompts(spec[len('cvtg:') :], limit, cvtg_targets)
-  return synthetic_prompts(spec, limit, seed)
+  return synthetic_prompts(spec, limit, seed, variety)

@@ -7,16 +7,42 @@ sees all of the (valid) text, and a token of scale s sees the text, every
 coarser scale and all of its own scale. The mask is never materialised as a
 [T, T] input array; it is built from the segment ids inside the kernel.
 
-The implementation is chosen by ``config.model.attention``. ``plain`` (XLA
-einsum + softmax) runs everywhere; at the paper's ~10k tokens its [T, T]
-temporaries do not fit in TPU HBM, so pods need a Pallas kernel path with the
-same mask (DESIGN.md section 4), which plugs in here.
+The implementation is chosen by ``config.model.attention``:
+
+- ``plain``: XLA einsum + softmax; runs everywhere. At the paper's ~10k
+  tokens its [T, T] float32 scores do not fit in TPU HBM (AOT-compiled for
+  v5p-128: ~1 TB of temporaries per chip).
+- ``splash``: the Pallas TPU splash-attention kernel (flash attention with
+  block sparsity); TPU only (on a CPU host it can be compiled ahead of time
+  for a TPU topology, `varrl_jax.aot`, or run in Pallas interpret mode, which
+  the tests do). The block-causal mask is a causal mask over remapped query
+  positions (`BlockCausalMask`: a query "sits" at the last key of its
+  segment), computed inside the kernel, and key padding is the kernel's
+  segment ids (query 0, valid key 0, padded key 1). Mosaic kernels are not
+  partitioned by XLA, so the kernel runs inside ``jax.shard_map`` over the
+  mesh of the ``jax.set_mesh`` context (`parallel.mesh_context`): batch over
+  ('data', 'fsdp'), heads over 'tensor' where both head counts divide;
+  without a mesh context it runs unmapped (one device). Calls with fewer
+  than `SPLASH_MIN_QUERIES` queries (the KV-cache steps of the first
+  scales: at most 127 x ~1.6k scores a head) use ``plain``: padding them to
+  a 128-row block would cost more than their scores.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+  splash_attention_kernel as splash_kernel,
+)
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+  splash_attention_mask as splash_mask,
+)
+from jax.sharding import PartitionSpec as P
+
+SPLASH_MIN_QUERIES = 128
+SPLASH_MAX_BLOCK = 512  # tile edge of the kernel (queries and keys)
 
 
 def block_causal_mask(
@@ -59,8 +85,158 @@ def plain_attention(
   return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
 
 
+def last_visible_key(q_seg: np.ndarray, k_seg: np.ndarray) -> np.ndarray:
+  """int32 [Tq]: the last key index each query may see.
+
+  Keys are laid out by segment ([text | scale 0 | scale 1 | ...]), so
+  ``seg(k) <= seg(q)`` holds exactly for the keys k <= last(q): the
+  block-causal mask is a causal mask with each query moved to the end of
+  its segment.
+  """
+  q_seg, k_seg = np.asarray(q_seg), np.asarray(k_seg)
+  if np.any(np.diff(k_seg) < 0):
+    raise ValueError('key segments must be non-decreasing')
+  return (np.searchsorted(k_seg, q_seg, side='right') - 1).astype(np.int32)
+
+
+class BlockCausalMask(splash_mask.Mask):
+  """Splash mask ``[Tq, Tk]``: key k visible to query q iff k <= last[q].
+
+  ``last`` is `last_visible_key` (padded rows: any value). Like the library's
+  computable masks it has ``q_sequence`` + ``mask_function``, so the kernel
+  evaluates it from the [Tq] vector instead of loading [Tq, Tk] mask blocks.
+  """
+
+  def __init__(self, last: np.ndarray, num_keys: int):
+    self.q_sequence = np.asarray(last, np.int32)
+    self._shape = (len(self.q_sequence), int(num_keys))
+
+  @staticmethod
+  def mask_function(q_ids, kv_ids):
+    return q_ids >= kv_ids
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self._shape
+
+  def __getitem__(self, idx) -> np.ndarray:
+    q_slice, kv_slice = idx
+    rows = self.q_sequence[q_slice]
+    cols = np.arange(self.shape[1])[kv_slice]
+    return self.mask_function(rows[:, None], cols[None, :])
+
+  def __eq__(self, other) -> bool:
+    return (
+      isinstance(other, BlockCausalMask)
+      and self.shape == other.shape
+      and np.array_equal(self.q_sequence, other.q_sequence)
+    )
+
+  def __hash__(self) -> int:
+    return hash((BlockCausalMask, self.shape, self.q_sequence.tobytes()))
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _block(n: int) -> int:
+  return min(SPLASH_MAX_BLOCK, _round_up(n, 128))
+
+
+def _splash_kernel(
+  num_heads: int, last: np.ndarray, num_keys: int, bq: int, bk: int, interpret: bool
+):
+  """The kernel for one shape. Built per trace (its mask-info arrays are
+  trace constants); the host work on the mask is cached by the library."""
+  mask = splash_mask.MultiHeadMask([BlockCausalMask(last, num_keys)] * num_heads)
+  blocks = splash_kernel.BlockSizes(
+    block_q=bq,
+    block_kv=bk,
+    block_kv_compute=bk,
+    block_q_dkv=bq,
+    block_kv_dkv=bk,
+    block_kv_dkv_compute=bk,
+    block_q_dq=bq,
+    block_kv_dq=bk,
+  )
+  return splash_kernel.make_splash_mha(
+    mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
+
+
+def splash_attention(
+  q_bqhd: jnp.ndarray,
+  k_bkgd: jnp.ndarray,
+  v_bkgd: jnp.ndarray,
+  q_seg,
+  k_seg,
+  k_valid: jnp.ndarray,
+  *,
+  interpret: bool = False,
+) -> jnp.ndarray:
+  """`plain_attention` with the Pallas splash kernel (see module docstring).
+
+  Same shapes and result; ``q_seg`` / ``k_seg`` must be static (NumPy).
+  Sequences are padded to the kernel's tile (padded keys are invalid,
+  padded queries are dropped). ``interpret`` runs the kernel in Pallas
+  interpret mode (any backend; for tests).
+  """
+  b, tq, h, d = q_bqhd.shape
+  tk, g = k_bkgd.shape[1], k_bkgd.shape[2]
+  bq, bk = _block(tq), _block(tk)
+  tq_pad, tk_pad = _round_up(tq, bq), _round_up(tk, bk)
+  last = np.full(tq_pad, tk_pad - 1, np.int32)
+  last[:tq] = last_visible_key(q_seg, k_seg)
+
+  def heads_major(x, t_pad):  # [B, T, N, D] -> [B, N, T_pad, D]
+    x = jnp.pad(x, ((0, 0), (0, t_pad - x.shape[1]), (0, 0), (0, 0)))
+    return x.transpose(0, 2, 1, 3)
+
+  q = heads_major(q_bqhd * jnp.asarray(d**-0.5, q_bqhd.dtype), tq_pad)
+  k, v = heads_major(k_bkgd, tk_pad), heads_major(v_bkgd, tk_pad)
+  kv_ids = jnp.pad(
+    jnp.where(k_valid, 0, 1).astype(jnp.int32),
+    ((0, 0), (0, tk_pad - tk)),
+    constant_values=1,
+  )
+
+  def local(q, k, v, kv_ids):
+    kernel = _splash_kernel(q.shape[1], last, tk_pad, bq, bk, interpret)
+    q_ids = jnp.zeros((tq_pad,), jnp.int32)
+
+    def one(q, k, v, kv):
+      return kernel(q, k, v, splash_kernel.SegmentIds(q=q_ids, kv=kv))
+
+    return jax.vmap(one)(q, k, v, kv_ids)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    out = local(q, k, v, kv_ids)
+  else:
+    sizes = dict(mesh.shape)
+    batch_axes = tuple(a for a in ('data', 'fsdp') if sizes.get(a, 1) > 1)
+    if b % int(np.prod([sizes[a] for a in batch_axes])):
+      batch_axes = ()
+    t = sizes.get('tensor', 1)
+    heads = 'tensor' if t > 1 and h % t == 0 and g % t == 0 else None
+    batch = batch_axes or None
+    spec = P(batch, heads, None, None)
+    out = jax.shard_map(
+      local,
+      in_specs=(spec, spec, spec, P(batch, None)),
+      out_specs=spec,
+      check_vma=False,
+    )(q, k, v, kv_ids)
+  return out[:, :, :tq].transpose(0, 2, 1, 3)
+
+
 def attention(impl: str, *args) -> jnp.ndarray:
   """Dispatches to the configured implementation (see module docstring)."""
   if impl == 'plain':
     return plain_attention(*args)
-  raise ValueError(f"config.model.attention must be 'plain', got {impl!r}")
+  if impl == 'splash':
+    if args[0].shape[1] < SPLASH_MIN_QUERIES:
+      return plain_attention(*args)
+    return splash_attention(*args)
+  raise ValueError(f"config.model.attention must be 'plain' or 'splash', got {impl!r}")

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from varrl_jax import parallel
 from varrl_jax.models import attention as attn_lib
 from varrl_jax.models import text as text_lib
 from varrl_jax.models.schedule import ScaleSchedule
@@ -61,6 +62,15 @@ class TransformerConfig:
   @property
   def seq_len(self) -> int:
     return self.text_len + self.schedule.num_tokens
+
+
+def _constrain(x, *names):
+  """Activation sharding by logical names; a no-op outside a mesh context
+  (`parallel.mesh_context`). The rules are passed here rather than set with
+  ``nn.logical_axis_rules``: under that context flax would also constrain
+  DenseGeneral's flattened kernel at init with the unflattened names, which
+  fails."""
+  return nn.with_logical_constraint(x, names, rules=parallel.LOGICAL_RULES)
 
 
 def _init(init_fn, *names):
@@ -99,14 +109,19 @@ class Block(nn.Module):
 
   ``cache_offset`` (a static int) None: no cache (teacher-forced pass).
   Otherwise the block writes its keys/values at [offset, offset + T) of the
-  layer's cache and attends over the cache prefix [0, offset + T).
+  layer's cache and attends over the cache prefix [0, offset + T). The
+  segment ids of queries and keys follow from the offset and T
+  (`sequence_segments`) and are static, as the splash kernel needs.
   """
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, q_seg, k_seg, k_valid, cache_offset=None):
+  def __call__(self, x, layer_cache, k_valid, cache_offset=None):
     cfg = self.cfg
+    start = 0 if cache_offset is None else cache_offset
+    q_seg = sequence_segments(cfg, start, x.shape[1])
+    k_seg = sequence_segments(cfg, 0, start + x.shape[1])
     h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='attn_norm')(x)
     q = _dense((cfg.num_heads, cfg.head_dim), ('embed',), ('heads', 'kv'), cfg, 'q')(h)
     k = _dense(
@@ -127,13 +142,13 @@ class Block(nn.Module):
       k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
     o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
     x = x + _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))(o)
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = _constrain(x, 'batch', 'length', 'embed')
 
     h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='mlp_norm')(x)
     gate = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_gate')(h)
     up = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_up')(h)
     x = x + _dense(cfg.d_model, ('mlp',), ('embed',), cfg, 'wo')(nn.silu(gate) * up)
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = _constrain(x, 'batch', 'length', 'embed')
     return x, layer_cache
 
 
@@ -145,13 +160,13 @@ def _scanned_blocks(cfg: TransformerConfig):
       'full': None,
       'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     }[cfg.remat]
-    # static_argnums counts `self` as 0: 6 is cache_offset.
-    block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(6,))
+    # static_argnums counts `self` as 0: 4 is cache_offset.
+    block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(4,))
   return nn.scan(
     block,
     variable_axes={'params': 0},
     split_rngs={'params': True},
-    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+    in_axes=(0, nn.broadcast, nn.broadcast),
     out_axes=0,
     length=cfg.num_layers,
     unroll=cfg.scan_unroll,
@@ -239,11 +254,11 @@ class NextScaleTransformer(nn.Module):
     return x.astype(self.cfg.dtype)
 
   def _logits(self, x):
-    return self.head(self.final_norm(x)).astype(jnp.float32)
-
-  def _image_segments(self, first: int, last: int) -> np.ndarray:
-    sched = self.cfg.schedule
-    return sched.scale_index[sched.offsets[first] : sched.offsets[last]] + 1
+    # Without the constraint XLA may contract the fsdp-sharded embed axis
+    # and keep the [B, L, V] logits whole on every chip (AOT v5p-128: 3 x
+    # 19.7 GiB per chip for 64 cvtg rows).
+    logits = _constrain(self.head(self.final_norm(x)), 'batch', 'length', 'vocab')
+    return logits.astype(jnp.float32)
 
   # -- entry points ---------------------------------------------------------
 
@@ -258,21 +273,16 @@ class NextScaleTransformer(nn.Module):
     x = jnp.concatenate(
       [self._embed_text(text_ids), self._embed_image(inputs_blc, 0, num_scales)], axis=1
     )
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    seg = np.concatenate(
-      [np.zeros(cfg.text_len, np.int32), self._image_segments(0, num_scales)]
-    )
+    x = _constrain(x, 'batch', 'length', 'embed')
     valid = jnp.concatenate(
       [text_mask, jnp.ones((x.shape[0], x.shape[1] - cfg.text_len), bool)], axis=1
     )
-    seg = jnp.asarray(seg)
-    x, _ = self.layers(x, None, seg, seg, valid, None)
+    x, _ = self.layers(x, None, valid, None)
     return self._logits(x[:, cfg.text_len :])
 
   def prefill(self, text_ids, text_mask, cache: Cache) -> Cache:
     """Writes the prompt's keys/values at [0, T_t) of the cache."""
-    seg = jnp.zeros((self.cfg.text_len,), jnp.int32)
-    _, cache = self.layers(self._embed_text(text_ids), cache, seg, seg, text_mask, 0)
+    _, cache = self.layers(self._embed_text(text_ids), cache, text_mask, 0)
     return cache
 
   def step(self, inputs_bnc, s: int, text_mask, cache: Cache):
@@ -281,15 +291,19 @@ class NextScaleTransformer(nn.Module):
     sched = cfg.schedule
     x = self._embed_image(inputs_bnc, s, s + 1)
     offset = cfg.text_len + int(sched.offsets[s])
-    q_seg = jnp.full((x.shape[1],), s + 1, jnp.int32)
-    k_seg = jnp.asarray(
-      np.concatenate([np.zeros(cfg.text_len, np.int32), self._image_segments(0, s + 1)])
-    )
     k_valid = jnp.concatenate(
       [text_mask, jnp.ones((x.shape[0], int(sched.offsets[s + 1])), bool)], axis=1
     )
-    x, cache = self.layers(x, cache, q_seg, k_seg, k_valid, offset)
+    x, cache = self.layers(x, cache, k_valid, offset)
     return self._logits(x), cache
+
+
+def sequence_segments(cfg: TransformerConfig, start: int, length: int) -> np.ndarray:
+  """int32 [length]: segment ids of positions [start, start + length) of the
+  sequence [text | scale 0 | ...]: 0 for text, s + 1 for image scale s."""
+  image = cfg.schedule.scale_index.astype(np.int32) + 1
+  seg = np.concatenate([np.zeros(cfg.text_len, np.int32), image])
+  return seg[start : start + length]
 
 
 def init_cache(cfg: TransformerConfig, batch: int, dtype=None) -> Cache:
@@ -314,6 +328,10 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
   if mc.remat not in ('none', 'full', 'dots'):
     raise ValueError(
       f"config.model.remat must be 'none', 'full' or 'dots', got {mc.remat!r}"
+    )
+  if mc.attention not in ('plain', 'splash'):
+    raise ValueError(
+      f"config.model.attention must be 'plain' or 'splash', got {mc.attention!r}"
     )
   return TransformerConfig(
     schedule=schedule,

@@ -33,6 +33,7 @@ import optax
 
 from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
+from varrl_jax.data import synthetic
 from varrl_jax.models import tokenizer as tok_lib
 from varrl_jax.models.var import VarModel, build_model
 from varrl_jax.pretrain import loop
@@ -188,6 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
   """Runs the tokenizer stage in WORKDIR/tokenizer; returns the final checkpoint."""
   pc, sc = config.pretrain, config.pretrain.tokenizer
   model = build_model(config)
+  variety = synthetic.Variety.from_config(config.data)
   stage_dir = os.path.join(workdir, 'tokenizer')
   optimizer, schedule = loop.make_optimizer(sc)
   params = model.init_part(jax.random.key(config.seed), 'tokenizer')
@@ -197,13 +199,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
 
   batches = batches_lib.prefetch(
     batches_lib.synthetic_batches(
-      'train', model.schedule.image_size, pc.data_seed, sc.batch_size
+      'train', model.schedule.image_size, pc.data_seed, sc.batch_size, variety=variety
     ),
     pc.prefetch,
   )
   eval_images = next(
     batches_lib.synthetic_batches(
-      'heldout', model.schedule.image_size, pc.data_seed, pc.num_samples
+      'heldout',
+      model.schedule.image_size,
+      pc.data_seed,
+      pc.num_samples,
+      variety=variety,
     )
   )['images']
   recon_fn = jax.jit(functools.partial(reconstruct_by_scale, model))
@@ -237,6 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
     manifest={
       'config': config.to_dict(),
       'command': command,
+      'recipe': [command],
       'data_seed': pc.data_seed,
     },
   )

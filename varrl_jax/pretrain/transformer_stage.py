@@ -96,6 +96,15 @@ def make_train_step(
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
+def _manifest_recipe(manifest: dict, stage: str, workdir: str, config_file: str):
+  """The commands that made a checkpoint (older manifests: just its command)."""
+  if manifest.get('recipe'):
+    return manifest['recipe']
+  return [
+    manifest.get('command') or checkpoint.recreate_command(stage, workdir, config_file)
+  ]
+
+
 def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the stage reads its tokenizer (config, else the tokenizer stage's output)."""
   return config.pretrain.transformer.tokenizer_checkpoint or os.path.join(
@@ -126,7 +135,22 @@ def train(
   )['tokenizer']
   stage_dir = os.path.join(workdir, 'transformer')
   optimizer, schedule = loop.make_optimizer(sc)
-  params = model.init_part(jax.random.key(config.seed), 'transformer')
+  recipe = list(
+    _manifest_recipe(
+      checkpoint.read_manifest(tok_path), 'tokenizer', workdir, config_file
+    )
+  )
+  if sc.init_from:
+    params = checkpoint.load_params(
+      sc.init_from, model, ('transformer',), config=config.to_dict()
+    )['transformer']
+    before = _manifest_recipe(
+      checkpoint.read_manifest(sc.init_from), 'transformer', workdir, config_file
+    )
+    recipe += [c for c in before if c not in recipe]
+  else:
+    params = model.init_part(jax.random.key(config.seed), 'transformer')
+  recipe.append(command)
   state = TransformerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
   # Committed like the step's outputs, so step 2 does not compile again.
   state = jax.device_put(state, jax.devices()[0])
@@ -134,21 +158,32 @@ def train(
   base_key = jax.random.key(config.seed)
 
   text_len = config.model.text_len
+  variety = synthetic.Variety.from_config(config.data)
   batches = batches_lib.prefetch(
     batches_lib.synthetic_batches(
-      'train', model.schedule.image_size, pc.data_seed, sc.batch_size, text_len
+      'train',
+      model.schedule.image_size,
+      pc.data_seed,
+      sc.batch_size,
+      text_len,
+      variety=variety,
     ),
     pc.prefetch,
   )
   # Held-out prompts (templates/combinations never trained on) for the grids.
   eval_batch = next(
     batches_lib.synthetic_batches(
-      'heldout', model.schedule.image_size, pc.data_seed, pc.num_samples, text_len
+      'heldout',
+      model.schedule.image_size,
+      pc.data_seed,
+      pc.num_samples,
+      text_len,
+      variety=variety,
     )
   )
   eval_targets = [
     ' / '.join(p.targets)
-    for p in synthetic.prompts('heldout', pc.num_samples, pc.data_seed)
+    for p in synthetic.prompts('heldout', pc.num_samples, pc.data_seed, variety=variety)
   ]
   sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
 
@@ -194,6 +229,14 @@ def train(
       'command': command,
       'data_seed': pc.data_seed,
       'tokenizer_checkpoint': os.path.abspath(tok_path),
+      'init_from': os.path.abspath(sc.init_from) if sc.init_from else '',
+      # Every command from nothing to this checkpoint, in order.
+      'recipe': recipe,
+      'tokenizer_manifest': {
+        k: v
+        for k, v in checkpoint.read_manifest(tok_path).items()
+        if k in ('command', 'step', 'metrics', 'data_seed', 'saved_at')
+      },
     },
   )
   return loop.train_loop(

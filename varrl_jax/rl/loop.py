@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varrl_jax import checkpoint
 from varrl_jax.models.var import VarModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
@@ -91,6 +92,8 @@ class Trainer:
     self.tokenizer_params = params['tokenizer']
     # The frozen reference of the KL term: the initial policy.
     self.ref_params = jax.tree.map(jnp.array, params['transformer'])
+    # Checked on resume: a train state only continues the run of its reference.
+    self.ref_fingerprint = checkpoint.fingerprint(self.ref_params)
     self.optimizer = grpo.make_optimizer(config.rl)
     # A copy: the step donates its state, and the caller keeps its params.
     self.state = grpo.init_state(

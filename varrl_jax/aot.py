@@ -1,0 +1,473 @@
+r"""Ahead-of-time compile for a TPU topology on a CPU host: HBM fit and roofline.
+
+  pip install -e ".[tpu]"
+  python -m varrl_jax.aot --config=configs/cvtg.py --topology=v5p-128
+
+libtpu describes the devices of a TPU slice without one
+(`jax.experimental.topologies`); the project's mesh (``config.mesh``) is
+laid over them and the two device programs of an RL update are lowered with
+abstract, sharded inputs (`jax.ShapeDtypeStruct`: no parameter is ever
+allocated) and compiled by the real TPU compiler:
+
+- ``train_step``: the GRPO step (`rl.grpo.make_train_step`) on a batch of
+  ``rl.prompts_per_update x rl.group_size`` sequences of the full length;
+- ``sample``: the KV-cached sampler (`Sampler.program('sample')`) on one
+  rollout chunk, ``rl.prompts_per_update / rl.rollout_chunks x group_size``
+  prompts.
+
+For each, a table: per-chip HBM from ``compiled.memory_analysis()``, plus the
+buffers that stay resident while it runs (the frozen reference parameters;
+for the sampler also the optimizer state), against the chip's capacity;
+FLOPs and bytes from ``compiled.cost_analysis()`` and a roofline time
+``max(FLOPs / peak, bytes / HBM bandwidth)``. XLA counts the body of a loop
+once (the scan over layers) and sees nothing inside Pallas kernels, so the
+compute term uses the larger of XLA's count and the model's own
+(`train_flops`, `sample_flops`), and XLA's bytes are a lower bound: the
+roofline is an optimistic estimate. A program the TPU compiler refuses for
+lack of HBM is reported with the temporaries it asked for. The last line is
+the verdict, ``fit: yes (...)`` or ``fit: NO (...)`` (exit code 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from varrl_jax import cli, parallel
+from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import transformer as tr_lib
+from varrl_jax.models.var import build_model
+from varrl_jax.policy import SamplingOptions
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file.', lock_config=True
+)
+_TOPOLOGY = flags.DEFINE_string(
+  'topology',
+  None,
+  'TPU slice: v5p-N (N TensorCores, 2 per chip), v5e-N / v6e-N (N chips), '
+  'or a libtpu name like v5p:4x4x4.',
+)
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Per-chip capacity and peaks (Google Cloud TPU spec sheets, bf16)."""
+
+  name: str
+  hbm_gib: float
+  peak_tflops: float
+  hbm_gbps: float
+
+
+# | generation | HBM / chip | bf16 peak     | HBM bandwidth |
+# | v5p        | 95 GiB     | 459 TFLOP/s   | 2765 GB/s     |
+# | v5e        | 16 GiB     | 197 TFLOP/s   |  819 GB/s     |
+# | v6e        | 32 GiB     | 918 TFLOP/s   | 1640 GB/s     |
+# A v5p chip is one megacore device (its 2 TensorCores count as one).
+CHIPS = {
+  'v5p': Chip('TPU v5p', 95.0, 459.0, 2765.0),
+  'v5e': Chip('TPU v5e', 16.0, 197.0, 819.0),
+  'v6e': Chip('TPU v6e', 32.0, 918.0, 1640.0),
+}
+
+# Chip grids of the slice sizes Cloud TPU sells, by chip count.
+_GRIDS_3D = {
+  4: '2x2x1',
+  8: '2x2x2',
+  16: '2x2x4',
+  32: '2x4x4',
+  64: '4x4x4',
+  128: '4x4x8',
+  256: '4x8x8',
+  512: '8x8x8',
+}
+_GRIDS_2D = {
+  1: '1x1',
+  4: '2x2',
+  8: '2x4',
+  16: '4x4',
+  32: '4x8',
+  64: '8x8',
+  128: '8x16',
+  256: '16x16',
+}
+
+
+class TopologyError(ValueError):
+  """An unknown topology name, or libtpu missing."""
+
+
+def parse_topology(name: str) -> tuple[str, str]:
+  """(generation, libtpu topology name), e.g. 'v5p-128' -> ('v5p', 'v5p:4x4x4')."""
+  known = ', '.join(
+    [f'v5p-{2 * n}' for n in _GRIDS_3D] + [f'v5e-{n}' for n in _GRIDS_2D] + ['v6e-N']
+  )
+  if ':' in name:
+    gen, grid = name.split(':', 1)
+    dims = grid.split('x')
+    if gen in CHIPS and all(d.isdigit() for d in dims) and len(dims) in (2, 3):
+      return gen, name
+  elif '-' in name:
+    gen, count = name.split('-', 1)
+    if gen in CHIPS and count.isdigit():
+      n = int(count)
+      grid = _GRIDS_3D.get(n // 2) if gen == 'v5p' and n % 2 == 0 else None
+      grid = _GRIDS_2D.get(n) if gen != 'v5p' else grid
+      if grid:
+        return gen, f'{gen}:{grid}'
+  raise TopologyError(f'unknown --topology={name!r}; known: {known}, or e.g. v5p:4x4x4')
+
+
+def tpu_devices(topology: str) -> tuple[Chip, str, list]:
+  """(chip, libtpu name, devices) of a TPU slice, described by libtpu on this host."""
+  gen, name = parse_topology(topology)
+  if importlib.util.find_spec('libtpu') is None:
+    raise TopologyError(
+      'libtpu is not installed (needed to compile for TPU on this host): '
+      'pip install -e ".[tpu]"'
+    )
+  dims = [int(d) for d in name.split(':')[1].split('x')]
+  chips = int(np.prod(dims))
+  # Off a TPU VM libtpu logs that it cannot find its own accelerator; say
+  # what slice this is (a TPU VM's own settings are kept).
+  os.environ.setdefault(
+    'TPU_ACCELERATOR_TYPE', f'{gen}-{2 * chips if gen == "v5p" else chips}'
+  )
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  # Any JAX process of this environment that probed for a TPU holds libtpu's
+  # lock file; describing a topology needs no TPU, so share the library.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  from jax.experimental import topologies
+
+  bounds = tuple(min(2, d) for d in dims) + (1,) * (3 - len(dims))
+  desc = topologies.get_topology_desc(
+    platform='tpu',
+    topology_name=name,
+    chip_config_name='default',
+    chips_per_host_bounds=bounds,
+    num_slices=1,
+  )
+  return CHIPS[gen], name, list(desc.devices)
+
+
+# -- abstract, sharded inputs -------------------------------------------------
+
+
+def _sds(tree, shardings):
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
+def _dict_path(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _like_params(tree, params, param_shardings, mesh):
+  """Shardings for a tree whose leaves mirror params (Adam's mu / nu): the
+  parameter's sharding where the dict path and shape match, else replicated."""
+  by_path = {
+    _dict_path(p): (leaf.shape, s)
+    for (p, leaf), s in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)
+    )
+  }
+
+  def pick(path, leaf):
+    shape, s = by_path.get(_dict_path(path), (None, None))
+    return s if shape == leaf.shape else parallel.replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _bytes_per_device(tree) -> int:
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape)
+    total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
+  return total
+
+
+def _batch_input(mesh, shape, dtype, batch: int):
+  """Split over ('data', 'fsdp') when the rows divide, else replicated."""
+  rows = mesh.shape['data'] * mesh.shape['fsdp']
+  if len(shape) and shape[0] == batch and batch % rows == 0:
+    s = parallel.batch_sharding(mesh, len(shape))
+  else:
+    s = parallel.replicated(mesh)
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+
+
+@dataclasses.dataclass
+class Program:
+  name: str
+  what: str
+  compiled: object  # None: the compiler ran out of HBM (see error)
+  error: str
+  resident: int  # bytes per chip held by other buffers while it runs
+  resident_what: str
+  seconds: float
+  model_flops: float  # per chip, `train_flops` / `sample_flops`
+
+
+def _compile(jitted, *args):
+  """(compiled or None, error message, seconds). The TPU compiler refuses a
+  program whose buffers exceed HBM; that is a finding here, not a crash."""
+  t0 = time.perf_counter()
+  try:
+    compiled, error = jitted.lower(*args).compile(), ''
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    compiled, error = None, str(e).split('RESOURCE_EXHAUSTED: ', 1)[-1].strip()
+  return compiled, error, time.perf_counter() - t0
+
+
+def compile_programs(config, mesh) -> Iterator[Program]:
+  """Lowers and compiles the train step, then the sampler, for ``mesh``."""
+  from varrl_jax.rl import grpo
+  from varrl_jax.rl.loop import Method
+  from varrl_jax.sampling import Sampler
+
+  model = build_model(config)
+  rl = config.rl
+  opts = SamplingOptions.from_config(config.sampling)
+  boxed = jax.eval_shape(model.init_boxed, jax.random.key(0))
+  params = nn.unbox(boxed)
+  p_shard = nn.unbox(parallel.logical_shardings(mesh, boxed))
+  abstract_params = _sds(params, p_shard)
+  tr_params, tr_shard = params['transformer'], p_shard['transformer']
+  rep = parallel.replicated(mesh)
+
+  optimizer = grpo.make_optimizer(rl)
+  state = jax.eval_shape(lambda p: grpo.init_state(p, optimizer), tr_params)
+  state_shard = grpo.TrainState(
+    step=rep,
+    params=tr_shard,
+    opt_state=_like_params(state.opt_state, tr_params, tr_shard, mesh),
+  )
+  abstract_state = _sds(state, state_shard)
+  ref_bytes = _bytes_per_device(abstract_params['transformer'])
+  opt_bytes = _bytes_per_device(abstract_state.opt_state)
+
+  sched, cfg = model.schedule, model.cfg
+  b = rl.prompts_per_update * rl.group_size
+  n, t_t, c = sched.num_tokens, cfg.text_len, cfg.latent_dim
+  f32 = jnp.float32
+  batch = {
+    'text_ids': _batch_input(mesh, (b, t_t), jnp.int32, b),
+    'text_mask': _batch_input(mesh, (b, t_t), jnp.bool_, b),
+    'inputs': _batch_input(mesh, (b, n, c), f32, b),
+    'tokens': _batch_input(mesh, (b, n), jnp.int32, b),
+    'old_logp': _batch_input(mesh, (b, n), f32, b),
+    'ref_logp': _batch_input(mesh, (b, n), f32, b),
+    'advantages': _batch_input(mesh, (b,), f32, b),
+    'mask': _batch_input(mesh, (b, n), f32, b),
+    'weights': jax.ShapeDtypeStruct((n,), f32, sharding=rep),
+    'on_policy': jax.ShapeDtypeStruct((), f32, sharding=rep),
+  }
+  cfg_rows = opts.uses_uncond and opts.policy == 'cfg'
+  rows = f' ({2 * b} rows with the CFG branch)' if cfg_rows else ''
+  step = grpo.make_train_step(
+    model,
+    opts,
+    grpo.GrpoHParams.from_config(rl),
+    optimizer,
+    Method.from_config(config, model).alpha,
+  )
+  with parallel.mesh_context(mesh):
+    compiled, error, seconds = _compile(step, abstract_state, batch)
+  yield Program(
+    'train_step',
+    f'GRPO update, {b} sequences{rows} x {t_t + n:,} tokens',
+    compiled,
+    error,
+    ref_bytes,
+    'reference params',
+    seconds,
+    train_flops(cfg, 2 * b if cfg_rows else b, cfg.schedule.num_scales) / mesh.size,
+  )
+
+  if rl.prompts_per_update % rl.rollout_chunks:
+    raise ValueError(
+      f'config.rl.prompts_per_update={rl.prompts_per_update} must be divisible '
+      f'by config.rl.rollout_chunks={rl.rollout_chunks}'
+    )
+  sb = rl.prompts_per_update // rl.rollout_chunks * rl.group_size
+  sampler = Sampler(model, opts)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  args = (
+    abstract_params,
+    _batch_input(mesh, (sb, t_t), jnp.int32, sb),
+    _batch_input(mesh, (sb, t_t), jnp.bool_, sb),
+    jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+  )
+  with parallel.mesh_context(mesh):
+    compiled, error, seconds = _compile(sampler.program('sample'), *args)
+  srows = f' ({2 * sb} rows with CFG)' if opts.uses_uncond else ''
+  yield Program(
+    'sample',
+    f'KV-cached sampler, one rollout chunk: {sb} images{srows}, '
+    f'{sched.num_scales} scales',
+    compiled,
+    error,
+    ref_bytes + opt_bytes,
+    'reference params + optimizer state',
+    seconds,
+    sample_flops(cfg, 2 * sb if opts.uses_uncond else sb) / mesh.size,
+  )
+
+
+# -- report -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Fit:
+  name: str
+  hbm_gib: float
+  capacity_gib: float
+
+  @property
+  def ok(self) -> bool:
+    return self.hbm_gib <= self.capacity_gib
+
+
+# -- model FLOPs ----------------------------------------------------------------
+# XLA's cost analysis counts the body of a loop once (the scan over layers)
+# and sees nothing inside Pallas kernels, so the compute term of the roofline
+# uses the model's own count: matmuls of every layer, attention over the
+# visible keys only, the vocabulary head on image tokens.
+
+
+def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
+  """FLOPs of one forward pass of one row: queries at positions
+  [first, first + num_queries) against the keys before them (block-causal);
+  ``head``: the vocabulary head on the image tokens among them."""
+  d, h, g, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  per_token = 2 * d * (h + 2 * g) * hd + 2 * h * hd * d + 6 * d * cfg.mlp_dim
+  keys = tr_lib.sequence_segments(cfg, 0, first + num_queries)
+  queries = tr_lib.sequence_segments(cfg, first, num_queries)
+  visible = float((attn_lib.last_visible_key(queries, keys) + 1).sum())
+  flops = cfg.num_layers * (num_queries * per_token + 4 * h * hd * visible)
+  return flops + (2 * d * cfg.vocab_size * int((queries > 0).sum()) if head else 0.0)
+
+
+def train_flops(cfg, rows: int, num_scales: int) -> float:
+  """Forward, backward (2x) and, with remat, the recomputed forward."""
+  n = cfg.text_len + int(cfg.schedule.offsets[num_scales])
+  fwd = rows * pass_flops(cfg, 0, n, head=True)
+  return fwd * (3 + (cfg.remat != 'none'))
+
+
+def sample_flops(cfg, rows: int) -> float:
+  """Prefill, then every scale against the KV cache."""
+  sched = cfg.schedule
+  flops = pass_flops(cfg, 0, cfg.text_len, head=False)
+  for s in range(sched.num_scales):
+    flops += pass_flops(
+      cfg, cfg.text_len + int(sched.offsets[s]), int(sched.counts[s]), True
+    )
+  return rows * flops
+
+
+def _cost(compiled) -> tuple[float, float]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+
+
+def report(program: Program, chip: Chip, mesh, topology: str) -> Fit:
+  """Prints the program's table; returns its fit."""
+  shape = ' x '.join(f'{a} {mesh.shape[a]}' for a in parallel.MESH_AXES)
+  print(f'== {program.name}: {program.what}')
+  print(f'  {"mesh":<18} {shape} over {mesh.size} {chip.name} chips ({topology})')
+  if program.compiled is None:
+    print(f'  {"compile":<18} refused after {program.seconds:.1f} s: {program.error}')
+    need = re.search(r'temporaries \(([\d.]+)G\)', program.error)
+    return Fit(program.name, float(need.group(1)) if need else math.inf, chip.hbm_gib)
+  m = program.compiled.memory_analysis()
+  arg, out = m.argument_size_in_bytes, m.output_size_in_bytes
+  temp, code = m.temp_size_in_bytes, m.generated_code_size_in_bytes
+  alias = m.alias_size_in_bytes
+  total = arg + out + temp + code - alias
+  hbm = (total + program.resident) / GIB
+  flops, nbytes = _cost(program.compiled)
+  t_compute = max(flops, program.model_flops) / (chip.peak_tflops * 1e12)
+  t_memory = nbytes / (chip.hbm_gbps * 1e9)
+  bound = 'compute' if t_compute >= t_memory else 'memory'
+  rows = [
+    ('argument', f'{arg / GIB:.2f} GiB'),
+    ('output', f'{out / GIB:.2f} GiB'),
+    ('temp', f'{temp / GIB:.2f} GiB'),
+    ('generated code', f'{code / GIB:.3f} GiB'),
+    ('aliased (donated)', f'-{alias / GIB:.2f} GiB'),
+    ('total', f'{total / GIB:.2f} GiB'),
+    ('resident besides', f'{program.resident / GIB:.2f} GiB ({program.resident_what})'),
+    (
+      'HBM per chip',
+      f'{hbm:.2f} of {chip.hbm_gib:.1f} GiB ({100 * hbm / chip.hbm_gib:.0f}%)',
+    ),
+    ('FLOPs per chip', f'{flops:.3e} (XLA), {program.model_flops:.3e} (model)'),
+    ('bytes per chip', f'{nbytes:.3e} (XLA)'),
+    (
+      'roofline time',
+      f'{max(t_compute, t_memory):.3g} s ({bound}-bound at '
+      f'{chip.peak_tflops:g} TFLOP/s, {chip.hbm_gbps:g} GB/s)',
+    ),
+    ('compile time', f'{program.seconds:.1f} s'),
+  ]
+  for k, v in rows:
+    print(f'  {k:<18} {v}')
+  return Fit(program.name, hbm, chip.hbm_gib)
+
+
+def run(config, topology: str) -> bool:
+  """Compiles both programs for ``topology``, prints the tables and the
+  verdict; returns whether everything fits."""
+  chip, name, devices = tpu_devices(topology)
+  mesh = parallel.make_mesh(config.mesh, devices)
+  print(
+    f'AOT compile for {topology} ({name}, {len(devices)} chips) on '
+    f'{jax.devices()[0].platform.upper()} host; attention={config.model.attention}, '
+    f'remat={config.model.remat}'
+  )
+  fits = []
+  for program in compile_programs(config, mesh):
+    fits.append(report(program, chip, mesh, topology))
+    sys.stdout.flush()
+  ok = all(f.ok for f in fits)
+  parts = ', '.join(
+    f'{f.name} {f.hbm_gib:.1f} of {f.capacity_gib:.1f} GiB' for f in fits
+  )
+  print(f'fit: {"yes" if ok else "NO"} ({parts} per chip)')
+  return ok
+
+
+def main(argv):
+  del argv
+  # Nothing here runs on a local accelerator: keep JAX on the host CPU (and
+  # off a TPU that a training job on this VM may hold).
+  jax.config.update('jax_platforms', 'cpu')
+  ok = cli.run_reporting_errors(run, _CONFIG.value, _TOPOLOGY.value)
+  sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'topology'])
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,121 @@
+r"""Export a pretrained model as a small, shippable checkpoint.
+
+  python -m varrl_jax.export --config=configs/tiny.py \
+      --source=workdir/pretrain/transformer/checkpoints/final \
+      --dest=varrl_jax/assets/tiny --dtype=bfloat16
+
+Reads a tokenizer + transformer checkpoint written by the pretraining stages,
+casts every floating-point array to ``--dtype`` (bfloat16 halves the size;
+loading casts back to the config's ``param_dtype``) and writes it to
+``--dest`` with a manifest that keeps the source run's record (config, data
+seed, step, metrics) and adds ``recreate``: the commands that rebuild it from
+nothing. ``--quality=NAME=metrics.json`` (repeatable) records evaluator
+results (``python -m varrl_jax.evaluate ... --workdir=DIR`` writes
+``DIR/metrics.json``) under ``quality.NAME``.
+
+The shipped ``varrl_jax/assets/tiny`` checkpoint, which ``configs/tiny.py``
+loads by default, was made this way; its manifest says exactly how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from varrl_jax import checkpoint, cli
+from varrl_jax.models.var import build_model
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file of the model.', lock_config=True
+)
+_SOURCE = flags.DEFINE_string('source', None, 'Checkpoint to export.')
+_DEST = flags.DEFINE_string('dest', None, 'Output checkpoint directory.')
+_DTYPE = flags.DEFINE_enum(
+  'dtype', 'bfloat16', ['bfloat16', 'float32'], 'Stored floating-point dtype.'
+)
+_QUALITY = flags.DEFINE_multi_string(
+  'quality', [], 'NAME=path/to/metrics.json of an evaluator run to record.'
+)
+
+
+def cast_floats(tree, dtype):
+  """Casts floating-point leaves to ``dtype``; integer leaves are kept."""
+  return jax.tree.map(
+    lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
+def read_quality(specs: list[str]) -> dict:
+  """``['NAME=metrics.json', ...]`` -> ``{NAME: summary}`` (see module doc)."""
+  out = {}
+  for spec in specs:
+    name, sep, path = spec.partition('=')
+    if not sep or not name or not path:
+      raise ValueError(f'--quality expects NAME=path/to/metrics.json, got {spec!r}')
+    try:
+      with open(path) as f:
+        summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f'--quality {name}: cannot read {path}: {e}') from None
+    keep = ('data', 'source', 'num_prompts', 'sampling', 'seed', 'metrics')
+    out[name] = {k: summary[k] for k in keep if k in summary}
+  return out
+
+
+def export(config, source: str, dest: str, dtype: str, quality: dict, command: str):
+  """Writes the cast copy of ``source`` to ``dest``; returns its manifest."""
+  model = build_model(config)
+  manifest = checkpoint.read_manifest(source)
+  params = checkpoint.load_params(source, model, config=config.to_dict())
+  params = cast_floats(params, jnp.dtype(dtype))
+  recreate = manifest.get('recipe') or [
+    manifest.get('tokenizer_manifest', {}).get('command'),
+    manifest.get('command'),
+  ]
+  recreate = [*recreate, command]
+  record = {
+    **{k: v for k, v in manifest.items() if k not in ('format', 'parts', 'saved_at')},
+    'exported_from': os.path.abspath(source),
+    'stored_dtype': dtype,
+    'recreate': [c for c in recreate if c],
+    'quality': quality,
+  }
+  # Errors for a broken copy show the whole recipe, not just the last step.
+  record['command'] = ' && '.join(record['recreate'])
+  checkpoint.save_params(dest, params, record)
+  return record
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  command = shlex.join(['python', '-m', 'varrl_jax.export', *sys.argv[1:]])
+  record = cli.run_reporting_errors(
+    export,
+    _CONFIG.value,
+    _SOURCE.value,
+    _DEST.value,
+    _DTYPE.value,
+    read_quality(_QUALITY.value),
+    command,
+  )
+  size = sum(
+    os.path.getsize(os.path.join(d, f))
+    for d, _, files in os.walk(_DEST.value)
+    for f in files
+  )
+  print(f'exported {_SOURCE.value} -> {_DEST.value} ({size / 2**20:.1f} MiB)')
+  print('recreate with:\n  ' + '\n  '.join(record['recreate']))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'source', 'dest'])
+  app.run(main, flags_parser=cli.parse_flags)
