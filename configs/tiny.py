@@ -1,24 +1,26 @@
 r"""The embedded default: a few-million-parameter model that runs on one CPU.
 
 40x160 sign-like images of one word, an 8x-downsampling tokenizer (5x20
-latent grid), four scales, a 4-layer d=256 transformer. It loads the
-pretrained checkpoint shipped in the package (varrl_jax/assets/tiny, whose
-manifest.json records the commands below and its quality figures):
+latent grid), four scales, a 4-layer d=256 transformer (3.5M parameters;
+tokenizer 2.1M). It loads the pretrained checkpoint shipped in the package
+(varrl_jax/assets/tiny, whose manifest.json records how it was made) when
+that exists; none ships yet (see the README's status): until then the
+weights are a seeded random init, with a warning.
 
-  python -m varrl_jax.sample --config=configs/tiny.py
-
-Recreate that checkpoint (2-core CPU times, measured):
+Pretraining (2-core CPU times, measured):
 
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=tokenizer \
-      --workdir=workdir/pretrain     # ~17 min: 400 steps x 16 images
+      --workdir=workdir/pretrain     # 17 min: 400 steps x 16 images
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer \
-      --workdir=workdir/pretrain     # ~55 min: 1400 steps x 16 examples
+      --workdir=workdir/pretrain     # 53 min: 1400 steps x 16 examples
   python -m varrl_jax.export --config=configs/tiny.py \
       --source=workdir/pretrain/transformer/checkpoints/final \
       --dest=varrl_jax/assets/tiny
 
 ``--config.init_checkpoint=PATH`` loads any other checkpoint.
 """
+
+import os
 
 from varrl_jax.config import base_config
 from varrl_jax.weights import SHIPPED_TINY
@@ -48,7 +50,7 @@ def get_config(arg=None):
   # and (64, 128, 128) trains ~4x slower (12 s vs 2.3 s per 16 images).
   config.tokenizer.channels = (32, 64, 64, 128)
   config.sampling.batch_size = 8
-  config.init_checkpoint = SHIPPED_TINY
+  config.init_checkpoint = SHIPPED_TINY if os.path.isdir(SHIPPED_TINY) else ''
   # Unrolled layers: ~10% faster sampling on CPU, and XLA's cost analysis
   # then counts every layer (it counts a scanned loop body once).
   config.model.scan_unroll = 4

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from varrl_jax import checkpoint, cli, export, sampling
+from varrl_jax import checkpoint, cli, sampling
 from varrl_jax.data import synthetic
 from varrl_jax.models import text as text_lib
 from varrl_jax.models.var import build_model
@@ -16,6 +16,12 @@ from varrl_jax.policy import SamplingOptions
 from varrl_jax.weights import SHIPPED_TINY, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Issue 5: no pretrained tiny checkpoint meets the quality bar yet, so none
+# ships; these tests run once varrl_jax/assets/tiny exists.
+pytestmark = pytest.mark.skipif(
+  not os.path.isdir(SHIPPED_TINY), reason=f'no shipped checkpoint at {SHIPPED_TINY}'
+)
 
 
 def _tiny():
@@ -72,22 +78,6 @@ def test_ocr_reads_a_target_word_in_shipped_samples(shipped_samples):
   read = [{w.text.upper() for w in engine.read(img).words} for img in images]
   hits = [t for p, r in zip(prompts, read) for t in p.targets if t in r]
   assert hits, f'OCR read none of the targets: {read}'
-
-
-def test_export_round_trips_through_bfloat16(toy, tmp_path):
-  config, model, params = toy
-  src = checkpoint.save_params(
-    str(tmp_path / 'src'), params, {'command': 'make src', 'config': config.to_dict()}
-  )
-  export.export(config, src, str(tmp_path / 'dst'), 'bfloat16', {}, 'make dst')
-  manifest = checkpoint.read_manifest(str(tmp_path / 'dst'))
-  assert manifest['stored_dtype'] == 'bfloat16'
-  assert manifest['recreate'] == ['make src', 'make dst']
-  loaded = checkpoint.load_params(str(tmp_path / 'dst'), model)
-  for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
-    assert x.dtype == y.dtype  # cast back to the config's dtype on load
-    want = np.asarray(y.astype(jax.numpy.bfloat16).astype(y.dtype))
-    np.testing.assert_array_equal(np.asarray(x), want)
 
 
 def test_corrupt_shipped_copy_names_file_and_recipe(tmp_path):
