@@ -52,15 +52,24 @@ from varrl_jax.models import transformer as tr_lib
 from varrl_jax.models.var import build_model
 from varrl_jax.policy import SamplingOptions
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Config file.', lock_config=True
-)
-_TOPOLOGY = flags.DEFINE_string(
-  'topology',
-  None,
-  'TPU slice: v5p-N (N TensorCores, 2 per chip), v5e-N / v6e-N (N chips), '
-  'or a libtpu name like v5p:4x4x4.',
-)
+# Flags are defined only when run as a program: importing this module (the
+# tests do) next to another CLI module must not define --config twice.
+_CONFIG = None
+_TOPOLOGY = None
+
+
+def _define_flags():
+  global _CONFIG, _TOPOLOGY
+  _CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file.', lock_config=True
+  )
+  _TOPOLOGY = flags.DEFINE_string(
+    'topology',
+    None,
+    'TPU slice: v5p-N (N TensorCores, 2 per chip), v5e-N / v6e-N (N chips), '
+    'or a libtpu name like v5p:4x4x4.',
+  )
+
 
 GIB = 2**30
 
@@ -469,5 +478,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config', 'topology'])
   app.run(main, flags_parser=cli.parse_flags)

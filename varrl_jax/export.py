@@ -32,17 +32,28 @@ from ml_collections import config_flags
 from varrl_jax import checkpoint, cli
 from varrl_jax.models.var import build_model
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Config file of the model.', lock_config=True
-)
-_SOURCE = flags.DEFINE_string('source', None, 'Checkpoint to export.')
-_DEST = flags.DEFINE_string('dest', None, 'Output checkpoint directory.')
-_DTYPE = flags.DEFINE_enum(
-  'dtype', 'bfloat16', ['bfloat16', 'float32'], 'Stored floating-point dtype.'
-)
-_QUALITY = flags.DEFINE_multi_string(
-  'quality', [], 'NAME=path/to/metrics.json of an evaluator run to record.'
-)
+# Flags are defined only when run as a program: importing this module (the
+# tests do) next to another CLI module must not define --config twice.
+_CONFIG = None
+_SOURCE = None
+_DEST = None
+_DTYPE = None
+_QUALITY = None
+
+
+def _define_flags():
+  global _CONFIG, _SOURCE, _DEST, _DTYPE, _QUALITY
+  _CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file of the model.', lock_config=True
+  )
+  _SOURCE = flags.DEFINE_string('source', None, 'Checkpoint to export.')
+  _DEST = flags.DEFINE_string('dest', None, 'Output checkpoint directory.')
+  _DTYPE = flags.DEFINE_enum(
+    'dtype', 'bfloat16', ['bfloat16', 'float32'], 'Stored floating-point dtype.'
+  )
+  _QUALITY = flags.DEFINE_multi_string(
+    'quality', [], 'NAME=path/to/metrics.json of an evaluator run to record.'
+  )
 
 
 def cast_floats(tree, dtype):
@@ -117,5 +128,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config', 'source', 'dest'])
   app.run(main, flags_parser=cli.parse_flags)
