@@ -42,7 +42,7 @@ def _error_lines(proc):
     (['--prompt='], 'error: prompt 0 is empty'),
     (
       ['--prompt=' + 'x' * 200],
-      'error: prompt 0 is too long: 200 bytes, at most 94 fit',
+      'error: prompt 0 is too long: 200 bytes, at most 70 fit',
     ),
     (
       ['--config.scales=((1,4),(2,8))'],
