@@ -40,6 +40,10 @@ TEST = [
   'pytest>=8.0',
   'chex>=0.1.90',
   'ruff==0.17.6',
+  # tests/test_notebooks.py executes colab/*.ipynb in a python3 kernel.
+  'nbclient>=0.10',
+  'nbformat>=5.10',
+  'ipykernel>=6.29',
 ]
 
 # libtpu for TPU VMs and for ahead-of-time TPU compiles on a CPU host

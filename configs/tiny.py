@@ -46,6 +46,7 @@ def get_config(arg=None):
   config.scales = ((1, 4), (2, 8), (3, 12), (5, 20))
   config.tokenizer.downsample = 8
   config.model.text_len = 72  # one-word prompts have <= 67 bytes
+  config.model.quote_slots = 12  # the word list has 3-8 letters
   # Half the base width: on XLA-CPU the conv weight gradients dominate a step,
   # and (64, 128, 128) trains ~4x slower (12 s vs 2.3 s per 16 images).
   config.tokenizer.channels = (32, 64, 64, 128)

@@ -184,27 +184,6 @@ def _sds(tree, shardings):
   )
 
 
-def _dict_path(path) -> tuple:
-  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
-def _like_params(tree, params, param_shardings, mesh):
-  """Shardings for a tree whose leaves mirror params (Adam's mu / nu): the
-  parameter's sharding where the dict path and shape match, else replicated."""
-  by_path = {
-    _dict_path(p): (leaf.shape, s)
-    for (p, leaf), s in zip(
-      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)
-    )
-  }
-
-  def pick(path, leaf):
-    shape, s = by_path.get(_dict_path(path), (None, None))
-    return s if shape == leaf.shape else parallel.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, tree)
-
-
 def _bytes_per_device(tree) -> int:
   total = 0
   for x in jax.tree.leaves(tree):
@@ -269,7 +248,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
   state_shard = grpo.TrainState(
     step=rep,
     params=tr_shard,
-    opt_state=_like_params(state.opt_state, tr_params, tr_shard, mesh),
+    opt_state=parallel.like_params(state.opt_state, tr_params, tr_shard, mesh),
   )
   abstract_state = _sds(state, state_shard)
   ref_bytes = _bytes_per_device(abstract_params['transformer'])

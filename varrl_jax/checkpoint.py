@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 PARTS = ('tokenizer', 'transformer')
 MANIFEST = 'manifest.json'
@@ -102,6 +103,9 @@ def save_params(
   parts = [p for p in PARTS if p in params]
   if jax.process_index() == 0 and os.path.exists(path):
     shutil.rmtree(path)
+  if jax.process_count() > 1:
+    # No process may start writing before process 0 has cleared the path.
+    multihost_utils.sync_global_devices(f'save_params:{path}')
   with ocp.StandardCheckpointer() as ckptr:
     for part in parts:
       ckptr.save(os.path.join(path, part), nn.unbox(params[part]))
@@ -219,7 +223,7 @@ def load_params(
   )
   # Restore onto an explicit sharding: a checkpoint written on another
   # topology (a GPU, a pod slice) then loads anywhere. Callers reshard.
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
   )

@@ -62,6 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Layers per iteration of the scan over layers (num_layers = fully
   # unrolled): small models on CPU lose ~5 ms per loop iteration.
   c.model.scan_unroll = 1
+  # > 0: add learned embeddings of each byte's place inside the prompt's
+  # quoted text, counted from the start and from the end of the quote
+  # (models/text.py quote_positions), clipped to quote_slots - 1. A
+  # character-aware prompt encoding (cf. Glyph-ByT5): without it the tiny
+  # model learned to ignore which word was asked for. 0 = off (byte and
+  # position embeddings only).
+  c.model.quote_slots = 0
 
   # Rollouts and the policy distribution (varrl_jax/sampling.py, policy.py).
   c.sampling = ml_collections.ConfigDict()
@@ -79,6 +86,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+
+  # Multi-host jobs (varrl_jax/distributed.py): one process per host, all
+  # running the same command. 'auto' starts jax.distributed when a
+  # coordinator is set (here or JAX_COORDINATOR_ADDRESS) or JAX detects a
+  # cluster (Cloud TPU VM pod, SLURM, Open MPI), else runs one process;
+  # 'on' requires a multi-process start; 'off' never starts it.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.mode = 'auto'
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0
+  c.distributed.num_processes = -1  # -1: JAX_NUM_PROCESSES, else detected
+  c.distributed.process_id = -1  # -1: JAX_PROCESS_ID, else detected
+  c.distributed.timeout_s = 300  # how long the processes wait for each other
 
   # RL: GRPO with VMR, PANW and MP (varrl_jax/rl/). Paper values in cvtg.py.
   c.rl = ml_collections.ConfigDict()

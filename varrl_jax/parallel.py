@@ -42,6 +42,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ('length', None),
   ('text_vocab', None),
   ('text_length', None),
+  ('quote_slots', None),
   ('image_length', None),
   ('scales', None),
   ('latent', None),
@@ -130,3 +131,95 @@ def shard_batch(mesh: Mesh, batch, batch_size: int):
     return jax.device_put(x, batch_sharding(mesh, x.ndim))
 
   return jax.tree.map(place, batch)
+
+
+def param_shardings(model, mesh: Mesh, rules=LOGICAL_RULES) -> dict:
+  """NamedShardings of the model's unboxed parameters (both parts), by the rules."""
+  abstract = jax.eval_shape(model.init_boxed, jax.random.key(0))
+  return nn.unbox(logical_shardings(mesh, abstract, rules))
+
+
+def _dict_path(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def like_params(tree, params, shardings, mesh: Mesh):
+  """Shardings for a tree whose leaves mirror ``params`` (Adam's mu and nu):
+  the parameter's sharding where the dict path and the shape match, else
+  replicated (step counts, empty states)."""
+  by_path = {
+    _dict_path(p): (leaf.shape, s)
+    for (p, leaf), s in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(shardings)
+    )
+  }
+
+  def pick(path, leaf):
+    shape, s = by_path.get(_dict_path(path), (None, None))
+    return s if shape == leaf.shape else replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def data_rows(mesh: Mesh) -> int:
+  """How many ways a batch is split: data x fsdp."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def check_rows(mesh: Mesh, rows: int, what: str) -> None:
+  if rows % data_rows(mesh):
+    raise ValueError(
+      f'{what}: {rows} rows do not divide over data x fsdp = {data_rows(mesh)} '
+      'devices (change the batch or config.mesh)'
+    )
+
+
+def put(tree, shardings, copy: bool = False):
+  """Places every leaf of ``tree`` with the matching sharding of ``shardings``.
+
+  Leaves may be host arrays or arrays on any device(s). With several processes
+  a leaf that is not already a global array must hold the same value in every
+  process (each takes its own shards of it). ``copy``: never alias the input
+  buffers (for a tree that a jitted step will donate while the input lives on).
+  """
+  placed = _put(tree, shardings)
+  # Not device_put(may_alias=False): it still reuses the input's buffer for
+  # the shard on the input's device (replicated targets, JAX 0.10).
+  return jax.tree.map(lambda x: x.copy(), placed) if copy else placed
+
+
+def _put(tree, shardings):
+  multi = jax.process_count() > 1
+
+  def place(x, s):
+    if multi and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      # A process-local array: go through the host (device_put of a local
+      # device array onto a global sharding is refused).
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(np.asarray(jax.random.key_data(x)), s)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+      x = np.asarray(x)
+    return jax.device_put(x, s)
+
+  return jax.tree.map(place, tree, shardings)
+
+
+def mesh_jit(fn, mesh: Mesh | None, **jit_kwargs):
+  """``jax.jit(fn, **jit_kwargs)``; with a mesh, every call and ``lower`` runs
+  inside `mesh_context` (so tracing sees the mesh: activation constraints,
+  the splash kernel's ``shard_map``)."""
+  jitted = jax.jit(fn, **jit_kwargs)
+  return jitted if mesh is None else _InMesh(jitted, mesh)
+
+
+class _InMesh:
+  def __init__(self, jitted, mesh: Mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args, **kwargs):
+    with mesh_context(self.mesh):
+      return self.jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with mesh_context(self.mesh):
+      return self.jitted.lower(*args, **kwargs)

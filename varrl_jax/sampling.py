@@ -28,7 +28,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
 from varrl_jax.models import transformer as tr_lib
 from varrl_jax.models.var import VarModel
@@ -94,29 +96,87 @@ class Sampler:
 
   Each public method is compiled once per input shape (and per static m / K);
   calling it again with the same shapes never retraces.
+
+  With a ``mesh``, every program has explicit shardings: params by the
+  logical rules (`parallel.param_shardings`), prompts, tokens, log-probs,
+  images and the sampler state by rows over ('data', 'fsdp') (the KV cache
+  on its batch axis), the key replicated; the batch must divide over
+  data x fsdp. Inputs are placed on the mesh by the public methods (host
+  arrays must then be the same in every process).
   """
 
-  def __init__(self, model: VarModel, opts: SamplingOptions, cache_dtype=None):
+  def __init__(
+    self,
+    model: VarModel,
+    opts: SamplingOptions,
+    cache_dtype=None,
+    mesh: Mesh | None = None,
+  ):
     self.model = model
     self.opts = opts
     self.cache_dtype = cache_dtype
+    self.mesh = mesh
     self.trace_count = 0  # incremented at trace time; tests use it
-    self._sample = jax.jit(self._sample_impl)
-    self._prefix = jax.jit(self._prefix_impl, static_argnums=(4,))
-    self._branch = jax.jit(self._branch_impl, static_argnums=(3, 4))
-    self._recompute = jax.jit(self._recompute_impl)
+    if mesh is None:
+      self._sample = jax.jit(self._sample_impl)
+      self._prefix = jax.jit(self._prefix_impl, static_argnums=(4,))
+      self._branch = jax.jit(self._branch_impl, static_argnums=(3, 4))
+      self._recompute = jax.jit(self._recompute_impl)
+      return
+    self._params_sh = parallel.param_shardings(model, mesh)
+    self._rep = parallel.replicated(mesh)
+    row = functools.partial(parallel.batch_sharding, mesh)
+    cache = NamedSharding(mesh, PartitionSpec(None, ('data', 'fsdp')))
+    self._state_sh = SamplerState(
+      cache={'k': cache, 'v': cache},
+      text_mask=row(2),
+      f_hat=row(4),
+      tokens=row(2),
+      logprobs=row(2),
+    )
+    start = (self._params_sh, row(2), row(2), self._rep)
+    out = (row(2), row(2), row(4))
+    jit = functools.partial(parallel.mesh_jit, mesh=mesh)
+    self._sample = jit(self._sample_impl, in_shardings=start, out_shardings=out)
+    self._prefix = jit(
+      self._prefix_impl,
+      static_argnums=(4,),
+      in_shardings=start,
+      out_shardings=self._state_sh,
+    )
+    self._branch = jit(
+      self._branch_impl,
+      static_argnums=(3, 4),
+      in_shardings=(self._params_sh, self._state_sh, self._rep),
+      out_shardings=out,
+    )
+    self._recompute = jit(self._recompute_impl, in_shardings=start, out_shardings=out)
+
+  def _place(self, params, text_ids, text_mask, key):
+    """The arguments on the mesh (a no-op for arrays already placed so)."""
+    if self.mesh is None:
+      return params, text_ids, text_mask, key
+    parallel.check_rows(self.mesh, text_ids.shape[0], 'Sampler batch')
+    row = parallel.batch_sharding(self.mesh, 2)
+    return (
+      parallel.put(params, self._params_sh),
+      parallel.put(text_ids, row),
+      parallel.put(text_mask, row),
+      parallel.put(key, self._rep),
+    )
 
   # -- public API -------------------------------------------------------------
 
   def sample(self, params, text_ids, text_mask, key) -> SampleOutput:
     """Samples all scales and decodes: tokens, log-probs, images."""
-    tokens, logps, images = self._sample(params, text_ids, text_mask, key)
+    args = self._place(params, text_ids, text_mask, key)
+    tokens, logps, images = self._sample(*args)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
   def sample_prefix(self, params, text_ids, text_mask, key, m: int) -> SamplerState:
     """Samples scales 0..m (inclusive) and returns the state to continue from."""
     self._check_split(m)
-    return self._prefix(params, text_ids, text_mask, key, m)
+    return self._prefix(*self._place(params, text_ids, text_mask, key), m)
 
   def branch(self, params, state: SamplerState, key, m: int, num_branches: int):
     """K suffix rollouts (scales m+1..S-1) of every prefix in ``state``.
@@ -128,12 +188,16 @@ class Sampler:
     self._check_split(m)
     if num_branches < 1:
       raise ValueError(f'num_branches must be >= 1, got {num_branches}')
+    if self.mesh is not None:
+      params = parallel.put(params, self._params_sh)
+      state, key = parallel.put(state, self._state_sh), parallel.put(key, self._rep)
     tokens, logps, images = self._branch(params, state, key, m, num_branches)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
   def sample_recompute(self, params, text_ids, text_mask, key) -> SampleOutput:
     """The same sampler without a KV cache (reference for tests/benchmarks)."""
-    tokens, logps, images = self._recompute(params, text_ids, text_mask, key)
+    args = self._place(params, text_ids, text_mask, key)
+    tokens, logps, images = self._recompute(*args)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
   def program(self, name: str):

@@ -12,6 +12,13 @@ V_m, advantages, per-scale KL / entropy / ratio / clip fraction / gradient
 share / PANW weight / mask coverage, OCR and timing), ``masks.png`` (the
 propagated mask at every scale over one rollout image), ``eval_before/``,
 ``eval_after/``, ``before_after.png`` and ``checkpoints/final``.
+
+Multi-host (a TPU pod: one process per worker, the same command on all):
+``config.distributed`` starts ``jax.distributed`` (automatic on Cloud TPU
+VMs); the mesh of ``config.mesh`` spans every device; each process OCRs its
+own rows of the rollout images and the rewards are all-gathered; process 0
+alone writes metrics, images and reports; every process takes part in the
+orbax checkpoint saves (WORKDIR must be shared, e.g. a gs:// bucket).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from varrl_jax import checkpoint as ckpt_lib
-from varrl_jax import cli
+from varrl_jax import cli, distributed, parallel
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
@@ -44,16 +51,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/train', 'Output folder.')
 
 
-def _eval(config, model, params, pool, workdir: str, name: str):
+def _eval(config, model, params, pool, workdir: str, name: str, mesh):
   ec = config.eval
   prompts = prompt_sets.synthetic_prompts(
     ec.split, ec.num_prompts, ec.data_seed, synthetic.Variety.from_config(config.data)
   )
-  report = evaluator.evaluate(model, params, config, prompts, pool, progress=False)
-  out = os.path.join(workdir, name)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'metrics.json'), 'w') as f:
-    json.dump({'split': ec.split, 'metrics': report.flat}, f, indent=2)
+  report = evaluator.evaluate(
+    model, params, config, prompts, pool, progress=False, mesh=mesh
+  )
+  if distributed.is_main():
+    out = os.path.join(workdir, name)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'metrics.json'), 'w') as f:
+      json.dump({'split': ec.split, 'metrics': report.flat}, f, indent=2)
   return report
 
 
@@ -143,7 +153,13 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
   key = jax.random.key(config.seed)
   variety = synthetic.Variety.from_config(config.data)
   metrics = {}
-  bar = tqdm.trange(start, rl.num_updates, desc=f'rl[{rl.mode}]', initial=start)
+  bar = tqdm.trange(
+    start,
+    rl.num_updates,
+    desc=f'rl[{rl.mode}]',
+    initial=start,
+    disable=not distributed.is_main(),
+  )
   for update in bar:
     prompts = [
       (p.prompt, p.targets)
@@ -166,10 +182,11 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
       raise loop.NonFiniteError(f'{e}; stopped, checkpoint saved to {path}') from None
     writer.write(update, metrics)
     bar.set_postfix(phase=phase, reward=f'{metrics["reward/mean"]:.3f}')
-    if update == 0:
-      row = int(np.argmax([len(b) for b in scored.boxes]))
-      mask = trainer.mask_rows([scored.boxes[row]], 1)[0]
-      mask_viz.mask_panels(ro.images[row], mask, model.schedule).save(
+    if update == 0 and distributed.is_main():
+      # Of the rows whose images are in this process, the one with most boxes.
+      j = int(np.argmax([len(scored.boxes[r]) for r in ro.local_rows]))
+      mask = trainer.mask_rows([scored.boxes[ro.local_rows[j]]], 1)[0]
+      mask_viz.mask_panels(ro.images[j], mask, model.schedule).save(
         os.path.join(workdir, 'masks.png')
       )
     done = update + 1
@@ -198,16 +215,25 @@ def train(config, workdir: str, pool=None) -> dict:
   method = loop.Method.from_config(config, model)
   params, source = load_weights(config, model, None)
   logging.info('weights: %s; method %s', source, method)
+  # Mesh: config.mesh over every device of every process.
+  mesh = parallel.make_mesh(config.mesh)
+  logging.info(
+    'mesh %s over %d devices in %d processes (this is process %d)',
+    dict(mesh.shape),
+    mesh.size,
+    jax.process_count(),
+    jax.process_index(),
+  )
   os.makedirs(workdir, exist_ok=True)
   writer = MetricWriter(workdir)
 
   with pool if pool is not None else make_pool(config) as pool:
-    before = _eval(config, model, params, pool, workdir, 'eval_before')
+    before = _eval(config, model, params, pool, workdir, 'eval_before', mesh)
     print(
       f'held-out before: Word Accuracy {before.summary.word_accuracy:.4f}  '
       f'NED {before.summary.ned:.4f}'
     )
-    trainer = loop.Trainer(config, model, params, pool)
+    trainer = loop.Trainer(config, model, params, pool, mesh)
     states = ckpt_lib.TrainCheckpoints(
       os.path.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
     )
@@ -220,8 +246,11 @@ def train(config, workdir: str, pool=None) -> dict:
     finally:
       states.close()
     ckpt = _save(config, trainer, workdir, 'final', config.rl.num_updates, metrics)
-    after = _eval(config, model, trainer.params, pool, workdir, 'eval_after')
+    after = _eval(config, model, trainer.params, pool, workdir, 'eval_after', mesh)
   writer.close()
+  b, a = before.summary, after.summary
+  if not distributed.is_main():
+    return {'before': b, 'after': a}
 
   n = min(len(before.grid_images), 8)
   grid = images_lib.save_grid(
@@ -235,7 +264,6 @@ def train(config, workdir: str, pool=None) -> dict:
   )
   print(f'checkpoint: {ckpt}')
   print(f'before/after grid: {grid}')
-  b, a = before.summary, after.summary
   print(
     f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
     f'NED {b.ned:.4f} -> {a.ned:.4f}  ({config.eval.split}, {a.n_words} words)'
@@ -245,6 +273,8 @@ def train(config, workdir: str, pool=None) -> dict:
 
 def main(argv):
   del argv
+  # Before any JAX computation: a multi-host job joins its processes here.
+  cli.run_reporting_errors(distributed.initialize, _CONFIG.value)
   cli.run_reporting_errors(train, _CONFIG.value, _WORKDIR.value)
 
 

@@ -42,3 +42,43 @@ def test_bad_prompts(prompts, message):
 def test_longest_prompt_that_fits():
   ids, _ = text.encode(['a' * 38], 40)
   assert ids[0, -1] == text.EOS
+
+
+def _spans(prompt, max_len=48):
+  """{quoted byte: (from_start, from_end)} read back from quote_positions."""
+  ids, _ = text.encode([prompt], max_len)
+  start, end = text.quote_positions(ids)
+  data = prompt.encode()
+  return [
+    (chr(data[i - 1]), int(start[0, i]), int(end[0, i]))
+    for i in range(1, 1 + len(data))
+    if start[0, i] >= 0
+  ]
+
+
+def test_quote_positions_count_from_both_ends():
+  assert _spans("a sign that reads 'OPEN'") == [
+    ('O', 0, 3),
+    ('P', 1, 2),
+    ('E', 2, 1),
+    ('N', 3, 0),
+  ]
+  # Two spans, double quotes, and an apostrophe that delimits nothing.
+  assert _spans("it's a sign with \"AB\" and 'C'") == [
+    ('A', 0, 1),
+    ('B', 1, 0),
+    ('C', 0, 0),
+  ]
+  # An apostrophe inside a quoted word stays part of the word.
+  assert [c for c, _, _ in _spans("a sign that reads 'DON'T'")] == list("DON'T")
+  assert _spans('no quotes here') == []
+  # An unclosed quote runs to the end of the prompt, never into the padding.
+  assert _spans('reads "XYZ') == [('X', 0, 2), ('Y', 1, 1), ('Z', 2, 0)]
+
+
+def test_quote_positions_numpy_and_jax_agree():
+  import jax.numpy as jnp
+
+  ids, _ = text.encode(["a sign that reads 'OPEN'", "'A' and 'BC' x", 'none'], 32)
+  for a, b in zip(text.quote_positions(ids), text.quote_positions(jnp.asarray(ids))):
+    np.testing.assert_array_equal(a, np.asarray(b))

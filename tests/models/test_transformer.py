@@ -72,6 +72,32 @@ def test_prompt_conditions_every_scale_and_padding_is_ignored(toy):
   np.testing.assert_allclose(a, c, atol=1e-6)
 
 
+def test_quote_slots_embed_the_quoted_bytes_only():
+  config = toy_config()
+  config.model.quote_slots = 4
+  model = build_model(config)
+  params = model.init(jax.random.key(0))
+  tp = params['transformer']['params']
+  assert tp['quote_start'].shape == tp['quote_end'].shape == (4, 32)
+  tokens = _random_tokens(model, 3, batch=3)
+  prompts = [PROMPTS[0], "a poster that reads 'HOT' and 'BAR'", 'no quotes here']
+  base = _logits(model, params, tokens, prompts)
+  # Changing the slot embeddings moves exactly the prompts that quote a word.
+  for name in ('quote_start', 'quote_end'):
+    moved = jax.tree.map(lambda x: x, params)
+    moved['transformer']['params'][name] = tp[name] + 0.5
+    out = _logits(model, params | moved, tokens, prompts)
+    assert np.abs(np.asarray(out[:2] - base[:2])).max() > 1e-3
+    np.testing.assert_array_equal(out[2], base[2])
+  # Slot 3 of quote_start is the 4th letter: 'OPEN' has one, 3-letter words not.
+  only_last = jax.tree.map(lambda x: x, params)
+  only_last['transformer']['params']['quote_start'] = tp['quote_start'].at[3].add(1.0)
+  out = _logits(model, only_last, tokens, prompts)
+  assert np.abs(np.asarray(out[0] - base[0])).max() > 1e-3
+  np.testing.assert_array_equal(out[1], base[1])
+  np.testing.assert_array_equal(out[2], base[2])
+
+
 def test_mask_definition():
   q_seg = jnp.array([0, 0, 1, 2, 2])
   valid = jnp.array([[True, False, True, True, True]])

@@ -12,6 +12,10 @@ synthetic prompt sets, ``renders`` (the ground-truth renders: the OCR
 ceiling) or ``reconstructions`` (renders passed through the tokenizer: what
 the tokenizer keeps legible). The three share prompts, OCR and scorer, so
 their ratios are like for like.
+
+With a device ``mesh`` the sampler is sharded (`sampling.Sampler`) when the
+batch size divides over data x fsdp; with several processes every process
+gets all images and scores them (the same report everywhere).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 import numpy as np
 import tqdm
 
-from varrl_jax import sampling
+from varrl_jax import distributed, parallel, sampling
 from varrl_jax.data import synthetic
 from varrl_jax.eval import metrics as metrics_lib
 from varrl_jax.eval.prompt_sets import EvalPrompt
@@ -95,6 +99,7 @@ def evaluate(
   pool,
   progress=True,
   source: str = 'samples',
+  mesh=None,
 ) -> EvalReport:
   """Scores ``prompts`` (see ``source`` above); ``pool`` is an `OcrPool`."""
   if not prompts:
@@ -104,9 +109,14 @@ def evaluate(
   ec = config.eval
   items = [p for p in prompts for _ in range(ec.images_per_prompt)]
   ids, mask = encode_prompts(items, config.model.text_len, ec.truncate_prompts)
-  sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
-  recon = jax.jit(lambda p, x: model.decode_tokens(p, model.encode_images(p, x)))
   bs = ec.batch_size
+  if mesh is not None and bs % parallel.data_rows(mesh) == 0:
+    params = parallel.put(params, parallel.param_shardings(model, mesh))
+  else:
+    mesh = None
+  opts = SamplingOptions.from_config(config.sampling)
+  sampler = sampling.Sampler(model, opts, mesh=mesh)
+  recon = jax.jit(lambda p, x: model.decode_tokens(p, model.encode_images(p, x)))
   key = jax.random.key(ec.seed)
   t0 = time.time()
   futures, grid = [], []
@@ -116,7 +126,7 @@ def evaluate(
     take = np.minimum(np.arange(start, start + bs), start + n - 1)
     if source == 'samples':
       out = sampler.sample(params, ids[take], mask[take], jax.random.fold_in(key, i))
-      images = np.asarray(jax.device_get(out.images))[:n]
+      images = distributed.to_host(out.images)[:n]
     else:
       images = render_batch([items[j] for j in take], model.schedule.image_size)
       if source == 'reconstructions':

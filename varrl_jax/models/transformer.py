@@ -8,7 +8,9 @@ The hidden state at a token of scale s predicts that token's codebook id, so
 the logits of scale s depend on the tokens of scales < s only.
 
 Positions: learned text positions, learned per-token image positions (one per
-cell of every grid, VAR style) and a learned scale embedding. Blocks:
+cell of every grid, VAR style) and a learned scale embedding; optionally
+(``model.quote_slots``) learned positions of each byte inside the prompt's
+quoted text, counted from both ends of the quote. Blocks:
 pre-RMSNorm, grouped-query attention, SwiGLU MLP, scanned over layers (one
 compiled block whatever the depth) with optional rematerialisation.
 
@@ -58,6 +60,7 @@ class TransformerConfig:
   attention: str = 'plain'
   norm_eps: float = 1e-6
   scan_unroll: int = 1
+  quote_slots: int = 0
 
   @property
   def seq_len(self) -> int:
@@ -194,6 +197,23 @@ class NextScaleTransformer(nn.Module):
       (cfg.text_len, cfg.d_model),
       cfg.param_dtype,
     )
+    if cfg.quote_slots:
+      # Where a byte sits in the quoted text, counted from both ends of the
+      # span (`text.quote_positions`): lets an image token find "the k-th
+      # letter of the word to draw" with one attention lookup instead of
+      # having to locate the quote marks first.
+      self.quote_start = self.param(
+        'quote_start',
+        _init(emb, 'quote_slots', 'embed'),
+        (cfg.quote_slots, cfg.d_model),
+        cfg.param_dtype,
+      )
+      self.quote_end = self.param(
+        'quote_end',
+        _init(emb, 'quote_slots', 'embed'),
+        (cfg.quote_slots, cfg.d_model),
+        cfg.param_dtype,
+      )
     self.image_pos = self.param(
       'image_pos',
       _init(emb, 'image_length', 'embed'),
@@ -232,6 +252,16 @@ class NextScaleTransformer(nn.Module):
 
   def _embed_text(self, text_ids):
     x = jnp.take(self.text_embed, text_ids, axis=0) + self.text_pos[None]
+    slots = self.cfg.quote_slots
+    if slots:
+      from_start, from_end = text_lib.quote_positions(text_ids)
+      inside = (from_start >= 0)[..., None]
+      x = x + jnp.where(
+        inside,
+        jnp.take(self.quote_start, jnp.clip(from_start, 0, slots - 1), axis=0)
+        + jnp.take(self.quote_end, jnp.clip(from_end, 0, slots - 1), axis=0),
+        0.0,
+      )
     return x.astype(self.cfg.dtype)
 
   def _embed_image(self, inputs_blc, first: int, last: int):
@@ -349,4 +379,5 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
     remat=mc.remat,
     attention=mc.attention,
     scan_unroll=mc.scan_unroll,
+    quote_slots=mc.quote_slots,
   )

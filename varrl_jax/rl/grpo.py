@@ -23,15 +23,19 @@ them (``aux['logp']``) for the later inner updates of the same batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
 from varrl_jax.models.var import VarModel
 from varrl_jax.policy import SamplingOptions
@@ -127,6 +131,7 @@ def make_train_step(
   hp: GrpoHParams,
   optimizer: optax.GradientTransformation,
   alpha: float,
+  mesh: Mesh | None = None,
 ):
   """The jitted ``train_step(state, batch) -> (state, metrics, logp)``.
 
@@ -135,6 +140,13 @@ def make_train_step(
   [B, L], advantages [B], mask [B, L] (MP mask x stage selector), weights
   [L] (`panw.token_weights` of the stage), on_policy [] (1.0 on the first
   inner update). The state is donated.
+
+  With a ``mesh`` the step has explicit shardings: the state as
+  `state_shardings` says, the batch's rows over ('data', 'fsdp') and its
+  weights and on_policy replicated (`batch_shardings`); out: the same state
+  shardings, replicated metrics, logp by rows. Inputs must carry these
+  shardings (or be uncommitted). Without a mesh it is jitted plainly (one
+  device, or shardings inferred from the inputs).
   """
   sched = model.schedule
   onehot = jnp.asarray(np.eye(sched.num_scales, dtype=np.float32)[sched.scale_index])
@@ -206,11 +218,59 @@ def make_train_step(
     }
     return new_state, metrics, logp
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  state_sh = state_shardings(model, optimizer, mesh)
+  rows = parallel.batch_sharding(mesh, 1)
+  return parallel.mesh_jit(
+    train_step,
+    mesh,
+    in_shardings=(state_sh, batch_shardings(mesh)),
+    out_shardings=(state_sh, parallel.replicated(mesh), rows),
+    donate_argnums=(0,),
+  )
 
 
-def make_logprob_fn(model: VarModel, opts: SamplingOptions):
-  """Jitted teacher-forced log-probs from precomputed inputs (reference policy)."""
+def batch_shardings(mesh: Mesh) -> dict:
+  """Shardings of a train-step batch: rows over ('data', 'fsdp'), the per-token
+  weights [L] and the scalar on_policy replicated."""
+  ndim = {
+    'text_ids': 2,
+    'text_mask': 2,
+    'inputs': 3,
+    'tokens': 2,
+    'old_logp': 2,
+    'ref_logp': 2,
+    'advantages': 1,
+    'mask': 2,
+  }
+  out = {k: parallel.batch_sharding(mesh, n) for k, n in ndim.items()}
+  return dict(
+    out, weights=parallel.replicated(mesh), on_policy=parallel.replicated(mesh)
+  )
+
+
+def state_shardings(model: VarModel, optimizer, mesh: Mesh) -> TrainState:
+  """Shardings of the `TrainState`: params by the logical rules, the optimizer's
+  moments like their params, counts replicated."""
+  params = jax.eval_shape(model.init_boxed, jax.random.key(0))['transformer']
+  shardings = nn.unbox(parallel.logical_shardings(mesh, params))
+  params = nn.unbox(params)
+  abstract = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+  return TrainState(
+    step=parallel.replicated(mesh),
+    params=shardings,
+    opt_state=parallel.like_params(abstract.opt_state, params, shardings, mesh),
+  )
+
+
+def make_logprob_fn(model: VarModel, opts: SamplingOptions, mesh: Mesh | None = None):
+  """Jitted teacher-forced log-probs from precomputed inputs (reference policy).
+
+  ``fn(transformer_params, text_ids [B, T_t], text_mask [B, T_t], inputs
+  [B, L, C], tokens [B, L]) -> logp [B, L]``. With a ``mesh``: params by the
+  logical rules, every other argument and the output by rows.
+  """
 
   def fn(transformer_params, text_ids, text_mask, inputs, tokens):
     logits = policy_lib.policy_logits_from_inputs(
@@ -218,4 +278,13 @@ def make_logprob_fn(model: VarModel, opts: SamplingOptions):
     )
     return policy_lib.token_logprobs(logits, tokens)
 
-  return jax.jit(fn)
+  if mesh is None:
+    return jax.jit(fn)
+  params = parallel.param_shardings(model, mesh)['transformer']
+  row = functools.partial(parallel.batch_sharding, mesh)
+  return parallel.mesh_jit(
+    fn,
+    mesh,
+    in_shardings=(params, row(2), row(2), row(3), row(2)),
+    out_shardings=row(2),
+  )

@@ -17,6 +17,12 @@ Prefix and suffix updates alternate ``prefix_updates : suffix_updates``
 (paper 3:1; Table 4b's coarse schedule is 300:100). The MP mask of a row is
 propagated from its reward boxes; a prefix row takes the union over its K
 branches. PANW weights are normalized over the updated stage.
+
+Everything runs on the device mesh of ``config.mesh`` (`varrl_jax.parallel`):
+parameters and optimizer state sharded by the logical rules, batch rows over
+('data', 'fsdp'). With several processes every host runs this same loop on
+the same prompts; host arrays (prompts, advantages, masks) are identical in
+all of them and each process contributes its shards.
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from varrl_jax import checkpoint
+from varrl_jax import checkpoint, parallel
 from varrl_jax.models.var import VarModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
@@ -82,22 +87,35 @@ def phase_of(
 
 
 class Trainer:
-  """Owns the policy/reference params, the optimizer state and the step programs."""
+  """Owns the policy/reference params, the optimizer state and the step programs.
 
-  def __init__(self, config, model: VarModel, params: dict, pool):
+  ``mesh``: default ``parallel.make_mesh(config.mesh)``. ``params`` may live
+  anywhere (host, one device, the mesh); the trainer keeps sharded copies.
+  """
+
+  def __init__(self, config, model: VarModel, params: dict, pool, mesh=None):
     self.config, self.model, self.pool = config, model, pool
+    self.mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
     self.method = Method.from_config(config, model)
     self.opts = SamplingOptions.from_config(config.sampling)
-    self.sampler = Sampler(model, self.opts)
-    self.tokenizer_params = params['tokenizer']
-    # The frozen reference of the KL term: the initial policy.
-    self.ref_params = jax.tree.map(jnp.array, params['transformer'])
+    self.sampler = Sampler(model, self.opts, mesh=self.mesh)
+    shardings = parallel.param_shardings(model, self.mesh)
+    self.tokenizer_params = parallel.put(params['tokenizer'], shardings['tokenizer'])
+    # The frozen reference of the KL term: the initial policy (a copy: the
+    # step donates the state, and the caller keeps its params).
+    self.ref_params = parallel.put(
+      params['transformer'], shardings['transformer'], copy=True
+    )
     # Checked on resume: a train state only continues the run of its reference.
     self.ref_fingerprint = checkpoint.fingerprint(self.ref_params)
     self.optimizer = grpo.make_optimizer(config.rl)
-    # A copy: the step donates its state, and the caller keeps its params.
-    self.state = grpo.init_state(
-      jax.tree.map(jnp.array, params['transformer']), self.optimizer
+    self.state_shardings = grpo.state_shardings(model, self.optimizer, self.mesh)
+    # The optimizer state is created sharded (never whole on one device).
+    init = jax.jit(
+      lambda p: grpo.init_state(p, self.optimizer), out_shardings=self.state_shardings
+    )
+    self.state = init(
+      parallel.put(params['transformer'], shardings['transformer'], copy=True)
     )
     self.step_fn = grpo.make_train_step(
       model,
@@ -105,10 +123,14 @@ class Trainer:
       grpo.GrpoHParams.from_config(config.rl),
       self.optimizer,
       self.method.alpha,
+      mesh=self.mesh,
     )
-    self.logprob_fn = grpo.make_logprob_fn(model, self.opts)
-    self.inputs_fn = jax.jit(
-      lambda tok, tokens: model.teacher_inputs({'tokenizer': tok}, tokens)
+    self.logprob_fn = grpo.make_logprob_fn(model, self.opts, mesh=self.mesh)
+    self.inputs_fn = parallel.mesh_jit(
+      lambda tok, tokens: model.teacher_inputs({'tokenizer': tok}, tokens),
+      self.mesh,
+      in_shardings=(shardings['tokenizer'], self._rows(2)),
+      out_shardings=self._rows(3),
     )
     sched = model.schedule
     prefix, suffix = vmr.stage_scales(sched, self.method.m)
@@ -118,6 +140,12 @@ class Trainer:
       'prefix': (prefix, prefix[sched.scale_index].astype(np.float32)),
       'suffix': (suffix, suffix[sched.scale_index].astype(np.float32)),
     }
+
+  def _rows(self, ndim: int):
+    return parallel.batch_sharding(self.mesh, ndim)
+
+  def _replicated(self, x):
+    return parallel.put(x, parallel.replicated(self.mesh))
 
   @property
   def params(self) -> dict:
@@ -190,23 +218,26 @@ class Trainer:
     stage_scales, selector = self.stage[phase]
     mask = mask * selector[None]
     weights = panw.token_weights(self.model.schedule, self.method.alpha, stage_scales)
-    tokens = jnp.asarray(ro.tokens[rows])
-    text_ids, text_mask = (
-      jnp.asarray(ro.text_ids[rows]),
-      jnp.asarray(ro.text_mask[rows]),
-    )
+    parallel.check_rows(self.mesh, len(rows), f'the {phase} update batch')
+
+    def put_rows(x, dtype=None):
+      x = np.asarray(x, dtype)
+      return parallel.put(x, self._rows(x.ndim))
+
+    tokens = put_rows(ro.tokens[rows])
+    text_ids, text_mask = put_rows(ro.text_ids[rows]), put_rows(ro.text_mask[rows])
     inputs = self.inputs_fn(self.tokenizer_params, tokens)
     batch = {
       'text_ids': text_ids,
       'text_mask': text_mask,
       'inputs': inputs,
       'tokens': tokens,
-      'old_logp': jnp.asarray(ro.logprobs[rows]),
+      'old_logp': put_rows(ro.logprobs[rows]),
       'ref_logp': self.logprob_fn(self.ref_params, text_ids, text_mask, inputs, tokens),
-      'advantages': jnp.asarray(adv, jnp.float32),
-      'mask': jnp.asarray(mask, jnp.float32),
-      'weights': jnp.asarray(weights),
-      'on_policy': jnp.array(1.0, jnp.float32),
+      'advantages': put_rows(adv, np.float32),
+      'mask': put_rows(mask, np.float32),
+      'weights': self._replicated(np.asarray(weights)),
+      'on_policy': self._replicated(np.float32(1.0)),
     }
     stats.update(
       {
@@ -225,7 +256,7 @@ class Trainer:
     for inner in range(self.config.rl.inner_updates):
       self.state, metrics, logp = self.step_fn(self.state, batch)
       if inner == 0:
-        batch = dict(batch, old_logp=logp, on_policy=jnp.array(0.0, jnp.float32))
+        batch = dict(batch, old_logp=logp, on_policy=self._replicated(np.float32(0.0)))
     return jax.device_get(metrics)
 
   def run_update(self, update: int, prompts, key) -> dict:

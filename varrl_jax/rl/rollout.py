@@ -10,6 +10,11 @@ OCR overlaps sampling: the P prompts are sampled in ``chunks`` equal parts
 (static shapes) and each part's images go to the OCR pool as soon as they
 exist, while the next part is sampled with the same parameters (so the
 rollouts stay exactly on-policy).
+
+With several processes (`varrl_jax.distributed`) each one OCRs only the
+rows of the images that live on its devices; the per-row rewards and boxes
+are all-gathered, so every process scores the whole batch identically.
+Tokens and log-probs (small) are gathered whole.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import jax
 import numpy as np
 
+from varrl_jax import distributed
 from varrl_jax.models import text as text_lib
 from varrl_jax.rewards import pool as pool_lib
 from varrl_jax.rewards import text as reward_lib
@@ -34,7 +40,8 @@ class Rollout:
   text_mask: np.ndarray  # bool [R, T_t]
   tokens: np.ndarray  # int32 [R, L]
   logprobs: np.ndarray  # float32 [R, L]: the sampler's policy log-probs
-  images: np.ndarray  # uint8 [R, H, W, 3]
+  images: np.ndarray  # uint8 [R_local, H, W, 3]: this process's rows only
+  local_rows: np.ndarray  # int [R_local]: the row numbers of `images`
   shape: tuple[int, int, int]  # (P, G, K)
   sample_seconds: float
   futures: list  # OCR futures, one per chunk
@@ -83,15 +90,16 @@ def sample(
     else:
       state = sampler.sample_prefix(params, ids, mask, prefix_key, m)
       out = sampler.branch(params, state, suffix_key, m, k)
-    images = np.asarray(jax.device_get(out.images))
+    images, local = distributed.local_rows(out.images)
     futures.append(pool.submit_batch(images))
     parts.append(
       (
         np.repeat(ids, k, axis=0),
         np.repeat(mask, k, axis=0),
-        np.asarray(out.tokens),
-        np.asarray(out.logprobs),
+        distributed.to_host(out.tokens),
+        distributed.to_host(out.logprobs),
         images,
+        local + c * per_chunk * group_size * k,
       )
     )
   row_prompts = [p for p, _ in prompts for _ in range(group_size * k)]
@@ -105,6 +113,7 @@ def sample(
     tokens=cat[2],
     logprobs=cat[3],
     images=cat[4],
+    local_rows=cat[5],
     shape=(num_prompts, group_size, k),
     sample_seconds=time.time() - t0,
     futures=futures,
@@ -112,25 +121,50 @@ def sample(
 
 
 def score(rollout: Rollout, reward_cfg, box_source: str = 'matched') -> Scored:
-  """Waits for the OCR of a rollout and computes rewards and MP boxes."""
-  t0 = time.time()
-  results, stats = pool_lib.collect(rollout.futures)
-  wait = time.time() - t0
-  batch = reward_lib.rewards_for_batch(
-    rollout.targets, results, kind=reward_cfg.kind, fallback=reward_cfg.fallback
-  )
-  if box_source == 'matched':
-    boxes = batch.boxes
-  elif box_source == 'all':
-    boxes = [[w.box for w in r.words] for r in results]
-  else:
+  """Waits for the OCR of a rollout and computes rewards and MP boxes.
+
+  The OCR results are this process's rows; rewards and boxes of all rows
+  come back (all-gathered), OCR counters summed over the processes.
+  """
+  if box_source not in ('matched', 'all'):
     raise ValueError(
       f"config.rl.mp.boxes must be 'matched' or 'all', got {box_source!r}"
     )
+  t0 = time.time()
+  results, stats = pool_lib.collect(rollout.futures)
+  wait = time.time() - t0
+  index, total = rollout.local_rows, len(rollout.prompts)
+  local = reward_lib.rewards_for_batch(
+    [rollout.targets[i] for i in index],
+    results,
+    kind=reward_cfg.kind,
+    fallback=reward_cfg.fallback,
+  )
+  columns = np.stack(
+    [local.rewards, local.comp, local.sim, local.pen, local.failed.astype(np.float32)],
+    axis=1,
+  )
+  columns = distributed.allgather_rows(columns, index, total)
+  failed = columns[:, 4] > 0
+  matched = distributed.allgather_boxes(local.boxes, index, total)
+  batch = reward_lib.BatchRewards(
+    rewards=columns[:, 0],
+    comp=columns[:, 1],
+    sim=columns[:, 2],
+    pen=columns[:, 3],
+    failed=failed,
+    boxes=matched,
+    num_failed=int(failed.sum()),
+  )
+  if box_source == 'matched':
+    boxes = matched
+  else:
+    everything = [[w.box for w in r.words] for r in results]
+    boxes = distributed.allgather_boxes(everything, index, total)
   return Scored(
     rewards=batch.rewards.reshape(rollout.shape),
     batch=batch,
     boxes=boxes,
-    ocr_stats=stats,
+    ocr_stats=distributed.sum_stats(stats),
     ocr_wait_seconds=wait,
   )
