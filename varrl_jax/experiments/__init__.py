@@ -1,0 +1,1 @@
+"""Experiment drivers built on `varrl_jax.train`: the paper's ablation sweeps."""

@@ -1,0 +1,383 @@
+r"""The paper's ablations at small scale: resumable sweeps of `varrl_jax.train`.
+
+  python -m varrl_jax.experiments.ablate --config=configs/tiny.py --study=table4a
+  python -m varrl_jax.experiments.ablate --config=configs/tiny.py --study=table3b \
+      --seeds=2 --budget_updates=20 --workdir=workdir/ablate --max_minutes=60
+  python -m varrl_jax.experiments.ablate --config=configs/tiny.py --study=table5 --dry_run
+  python -m varrl_jax.experiments.ablate --config=configs/tiny.py --study=table4a --report
+
+Studies (`varrl_jax.experiments.studies`): table4a (vanilla GRPO, +VMR,
++VMR+PANW, +MP; 3 seeds by default), table3a (split m at every middle scale),
+table3b (alpha), table5 (K), table4b (3:1 vs coarse; 2 seeds by default).
+
+Budget: every run gets the same fixed number of updates, ``--budget_updates``
+(default the config's ``rl.num_updates``); its wall time is recorded. The
+comparison is at equal updates, as in the paper; VMR modes cost more per
+update (K suffix branches). ``--max_minutes`` bounds a sitting: no new run
+starts after that, and the same command later continues the sweep.
+
+Resumable: each finished run writes ``WORKDIR/STUDY/RUN/seedS/record.json``
+(held-out WA/NED before and after, reward curve, wall time, overrides, git
+commit); a run with a record is skipped. A run that crashes writes no
+record; the sweep goes on with the next and exits with code 1 listing the
+failures. A run interrupted mid-way resumes from its own train-state
+checkpoint (`varrl_jax.train` exact resume). After the runs (and with
+``--report`` alone) the records are aggregated into ``WORKDIR/STUDY.md``
+and ``WORKDIR/STUDY_reward.png`` (`varrl_jax.experiments.aggregate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+from varrl_jax.experiments import aggregate, studies
+from varrl_jax.experiments.studies import Run
+
+
+@dataclasses.dataclass
+class SweepResult:
+  done: list[str] = dataclasses.field(default_factory=list)  # run paths
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
+  not_started: list[str] = dataclasses.field(default_factory=list)  # out of time
+
+
+def git_commit() -> dict | None:
+  """{'commit', 'dirty'} of the checkout this package runs from, if it is one."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    sha = subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10
+    )
+    if sha.returncode != 0:
+      return None
+    status = subprocess.run(
+      ['git', 'status', '--porcelain', '--untracked-files=no'],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=30,
+    )
+    return {'commit': sha.stdout.strip(), 'dirty': bool(status.stdout.strip())}
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _summary_value(summary, name: str) -> float:
+  return float(summary[name] if isinstance(summary, dict) else getattr(summary, name))
+
+
+def reward_curve(run_dir: str) -> list[list[float]]:
+  """[[step, reward/mean], ...] from the run's metrics.jsonl (last write of a step wins)."""
+  path = os.path.join(run_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        if 'reward/mean' in rec:
+          by_step[int(rec['step'])] = float(rec['reward/mean'])
+  return [[s, by_step[s]] for s in sorted(by_step)]
+
+
+def _write_json(path: str, obj: dict) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)  # a record is complete or absent, never half-written
+
+
+def config_fingerprint(config) -> str:
+  """A short hash of every value of ``config``."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _normalized(overrides: dict) -> dict:
+  return json.loads(json.dumps(overrides))
+
+
+def train_command(run: Run, base_flags: tuple[str, ...], run_dir: str) -> str:
+  """The varrl_jax.train command line that makes the same run alone.
+
+  ``base_flags``: the sweep's ``--config=...`` and ``--config.KEY=...`` flags.
+  """
+  return shlex.join(
+    [
+      'python',
+      '-m',
+      'varrl_jax.train',
+      *base_flags,
+      *run.flags(),
+      f'--workdir={run_dir}',
+    ]
+  )
+
+
+def execute(
+  run: Run,
+  config,
+  run_dir: str,
+  train_fn: Callable,
+  pool=None,
+  base_flags: tuple[str, ...] = (),
+) -> dict:
+  """Trains one run and returns its record (not yet written)."""
+  run_config = studies.apply_overrides(config, run.overrides)
+  os.makedirs(run_dir, exist_ok=True)
+  t0 = time.time()
+  kwargs = {} if pool is None else {'pool': pool}
+  result = train_fn(run_config, run_dir, **kwargs)
+  wall = time.time() - t0
+  before, after = result['before'], result['after']
+  record = {
+    'study': run.study,
+    'run': run.name,
+    'seed': run.seed,
+    'overrides': _normalized(run.overrides),
+    'budget_updates': int(run_config.rl.num_updates),
+    'word_accuracy_before': _summary_value(before, 'word_accuracy'),
+    'ned_before': _summary_value(before, 'ned'),
+    'word_accuracy_after': _summary_value(after, 'word_accuracy'),
+    'ned_after': _summary_value(after, 'ned'),
+    'eval_split': run_config.eval.split,
+    'wall_seconds': wall,
+    'reward_curve': reward_curve(run_dir),
+    'base_flags': list(base_flags),
+    # Of the config before the study's overrides: records made from
+    # different base configs do not compare (the report warns).
+    'base_config_fingerprint': config_fingerprint(config),
+    'command': train_command(run, base_flags, run_dir),
+    'git': git_commit(),
+    'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+  }
+  record['updates'] = len(record['reward_curve']) or record['budget_updates']
+  for key in ('word_accuracy_after', 'ned_after'):
+    if not math.isfinite(record[key]):
+      raise FloatingPointError(f'{key} is {record[key]}')
+  return record
+
+
+def sweep(
+  config,
+  runs: list[Run],
+  workdir: str,
+  *,
+  train_fn: Callable | None = None,
+  pool_factory: Callable | None = None,
+  max_minutes: float | None = None,
+  base_flags: tuple[str, ...] = (),
+  log: Callable[[str], None] = print,
+) -> SweepResult:
+  """Runs every run without a record; see the module doc.
+
+  ``train_fn(config, workdir[, pool=...]) -> {'before': summary, 'after':
+  summary}`` defaults to `varrl_jax.train.train`; ``pool_factory()`` makes a
+  fresh OCR pool per run (tests inject engines this way; the default is the
+  pool of ``config.ocr``).
+  """
+  if train_fn is None:
+    from varrl_jax import train as train_lib
+
+    train_fn = train_lib.train
+  result = SweepResult()
+  base_fingerprint = config_fingerprint(config)
+  start = time.time()
+  for i, run in enumerate(runs):
+    run_dir = os.path.join(workdir, run.path)
+    path = os.path.join(run_dir, 'record.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f)
+      if old.get('overrides') != _normalized(run.overrides):
+        why = (
+          f'its record was made with other overrides {old.get("overrides")}; '
+          'use another --workdir (or delete the record)'
+        )
+        result.failed.append((run.path, why))
+        log(f'[{i + 1}/{len(runs)}] {run.path}: CONFLICT: {why}')
+      else:
+        result.skipped.append(run.path)
+        note = ''
+        if old.get('base_config_fingerprint') not in (None, base_fingerprint):
+          note = ' (WARNING: made from another base config)'
+        log(f'[{i + 1}/{len(runs)}] {run.path}: done before, skipped{note}')
+      continue
+    if max_minutes is not None and time.time() - start >= 60 * max_minutes:
+      result.not_started.append(run.path)
+      continue
+    log(f'[{i + 1}/{len(runs)}] {run.path}: {" ".join(run.flags())}')
+    try:
+      pool = pool_factory() if pool_factory is not None else None
+      record = execute(run, config, run_dir, train_fn, pool, base_flags)
+    except Exception as e:  # one failed run must not stop the sweep
+      traceback.print_exc()
+      result.failed.append((run.path, f'{type(e).__name__}: {e}'))
+      log(f'[{i + 1}/{len(runs)}] {run.path}: FAILED: {type(e).__name__}: {e}')
+      continue
+    _write_json(path, record)
+    result.done.append(run.path)
+    log(
+      f'[{i + 1}/{len(runs)}] {run.path}: WA {record["word_accuracy_before"]:.4f} -> '
+      f'{record["word_accuracy_after"]:.4f}  NED {record["ned_before"]:.4f} -> '
+      f'{record["ned_after"]:.4f}  ({record["wall_seconds"] / 60:.1f} min)'
+    )
+  return result
+
+
+def describe(runs: list[Run], workdir: str, base_flags: tuple[str, ...] = ()) -> str:
+  """The dry-run listing: each run's folder, state and train command."""
+  lines = []
+  for run in runs:
+    run_dir = os.path.join(workdir, run.path)
+    state = 'done' if os.path.exists(os.path.join(run_dir, 'record.json')) else 'todo'
+    lines.append(f'{run.path}  [{state}]')
+    lines.append(f'  {train_command(run, base_flags, run_dir)}')
+  return '\n'.join(lines)
+
+
+def report(workdir: str, study: str, order=(), log=print) -> tuple[str, str] | None:
+  out = aggregate.write_report(workdir, study, order)
+  if out is None:
+    log(f'no records of {study} under {workdir}')
+  else:
+    log(f'report: {out[0]}\nreward curves: {out[1]}')
+  return out
+
+
+# Flags are defined only when run as a program: importing this module (the
+# tests do) next to another CLI module must not define --config twice.
+_FLAGS = {}
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  # varrl_jax.train defines --config and --workdir when imported (today at
+  # import time); reuse them if so, define them otherwise.
+  from varrl_jax import train  # noqa: F401
+
+  if 'config' not in flags.FLAGS:
+    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  if 'workdir' not in flags.FLAGS:
+    flags.DEFINE_string('workdir', 'workdir/ablate', 'Output folder of the sweep.')
+  flags.FLAGS.set_default('workdir', 'workdir/ablate')
+  _FLAGS['study'] = flags.DEFINE_enum('study', None, studies.STUDIES, 'Which study.')
+  _FLAGS['seeds'] = flags.DEFINE_integer(
+    'seeds', None, 'Seeds per run (default 3 for table4a, 2 otherwise).'
+  )
+  _FLAGS['budget_updates'] = flags.DEFINE_integer(
+    'budget_updates', None, 'Updates of every run (default config.rl.num_updates).'
+  )
+  _FLAGS['max_minutes'] = flags.DEFINE_float(
+    'max_minutes', None, 'Start no new run after this many minutes (one sitting).'
+  )
+  _FLAGS['only'] = flags.DEFINE_list('only', [], 'Run only these run names.')
+  _FLAGS['dry_run'] = flags.DEFINE_bool(
+    'dry_run', False, 'Print the runs and their overrides; run nothing.'
+  )
+  _FLAGS['report'] = flags.DEFINE_bool(
+    'report', False, 'Only aggregate the existing records.'
+  )
+  flags.mark_flags_as_required(['config', 'study'])
+
+
+def _base_flags(argv: list[str]) -> tuple[str, ...]:
+  """The ``--config`` file and ``--config.KEY`` overrides of the command line."""
+  out, args = [], iter(argv)
+  for arg in args:
+    if arg == '--config' or (arg.startswith('--config.') and '=' not in arg):
+      arg = f'{arg}={next(args, "")}'  # '--config PATH' form
+    if arg.startswith('--config=') or arg.startswith('--config.'):
+      out.append(arg)
+  return tuple(out)
+
+
+def run_study(
+  config,
+  study: str,
+  workdir: str,
+  *,
+  seeds: int | None = None,
+  budget_updates: int | None = None,
+  only: tuple[str, ...] = (),
+  max_minutes: float | None = None,
+  dry_run: bool = False,
+  report_only: bool = False,
+  base_flags: tuple[str, ...] = (),
+  train_fn: Callable | None = None,
+  pool_factory: Callable | None = None,
+) -> int:
+  """The command: plan, sweep, report; returns the exit code (1: a run failed)."""
+  runs = studies.plan(study, config, seeds, budget_updates, only)
+  order = tuple(dict.fromkeys(r.name for r in runs))
+  if dry_run:
+    print(describe(runs, workdir, base_flags))
+    print(f'{len(runs)} runs of {study}')
+    return 0
+  if report_only:
+    report(workdir, study, order)
+    return 0
+  result = sweep(
+    config,
+    runs,
+    workdir,
+    train_fn=train_fn,
+    pool_factory=pool_factory,
+    max_minutes=max_minutes,
+    base_flags=base_flags,
+  )
+  print(
+    f'{study}: {len(result.done)} run, {len(result.skipped)} skipped, '
+    f'{len(result.failed)} failed, {len(result.not_started)} left for next time'
+  )
+  report(workdir, study, order)
+  if result.not_started:
+    print('out of --max_minutes: run the same command again to continue')
+  for path, why in result.failed:
+    print(f'failed: {path}: {why}', file=sys.stderr)
+  return 1 if result.failed else 0
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags
+
+  from varrl_jax import cli
+
+  code = cli.run_reporting_errors(
+    run_study,
+    flags.FLAGS.config,
+    _FLAGS['study'].value,
+    flags.FLAGS.workdir,
+    seeds=_FLAGS['seeds'].value,
+    budget_updates=_FLAGS['budget_updates'].value,
+    only=tuple(_FLAGS['only'].value),
+    max_minutes=_FLAGS['max_minutes'].value,
+    dry_run=_FLAGS['dry_run'].value,
+    report_only=_FLAGS['report'].value,
+    base_flags=_base_flags(sys.argv[1:]),
+  )
+  sys.exit(code)
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  from varrl_jax import cli
+
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
