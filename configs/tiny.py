@@ -12,7 +12,14 @@ Pretraining (2-core CPU times, measured):
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=tokenizer \
       --workdir=workdir/pretrain     # 17 min: 400 steps x 16 images
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer \
-      --workdir=workdir/pretrain     # 53 min: 1400 steps x 16 examples
+      --workdir=workdir/pretrain     # ~40 min: 2000 steps x 16 examples
+  # Longer training, in sittings: continue from the last checkpoint with new
+  # data (fresh optimizer and schedule; the manifest chains the commands).
+  python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer \
+      --workdir=workdir/pretrain2 \
+      --config.pretrain.transformer.tokenizer_checkpoint=workdir/pretrain/tokenizer/checkpoints/final \
+      --config.pretrain.transformer.init_from=workdir/pretrain/transformer/checkpoints/final \
+      --config.pretrain.data_seed=1 --config.pretrain.transformer.lr=5e-4
   python -m varrl_jax.export --config=configs/tiny.py \
       --source=workdir/pretrain/transformer/checkpoints/final \
       --dest=varrl_jax/assets/tiny
@@ -67,7 +74,7 @@ def get_config(arg=None):
   pt.tokenizer.sample_every = 100
   pt.tokenizer.ckpt_every = 100
 
-  pt.transformer.steps = 1400
+  pt.transformer.steps = 2000
   pt.transformer.batch_size = 16
   pt.transformer.lr = 1e-3
   pt.transformer.warmup_steps = 50

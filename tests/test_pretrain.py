@@ -102,6 +102,11 @@ def test_both_stages_run_and_save(tmp_path):
     assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
     assert any('eval/mae' in r or 'eval/loss' in r for r in records)
     assert os.path.isfile(os.path.join(stage_dir, 'grids', f'{grid}_0000003.png'))
+    if stage == 'transformer':
+      gains = [r['eval/prompt_gain'] for r in records if 'eval/prompt_gain' in r]
+      # Shuffled prompts change the loss of an untrained model only a little,
+      # but they change it: the prompt reaches the logits.
+      assert gains and all(np.isfinite(g) and g != 0.0 for g in gains)
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(stage_dir))
     assert sorted(os.listdir(os.path.join(stage_dir, 'checkpoints'))) == [
       'final',

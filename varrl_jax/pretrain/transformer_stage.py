@@ -212,7 +212,19 @@ def train(
       caption_lines=1,
     )
     loss, metrics = jax.device_get(eval_loss(state.params, eval_batch))
-    return {'eval/loss': float(loss), 'eval/accuracy': float(metrics['accuracy'])}
+    # The same images with each row given another row's prompt: how much the
+    # model uses the prompt (0 = it ignores which word was asked for).
+    other = {
+      **eval_batch,
+      'text_ids': np.roll(eval_batch['text_ids'], 1, axis=0),
+      'text_mask': np.roll(eval_batch['text_mask'], 1, axis=0),
+    }
+    other_loss, _ = jax.device_get(eval_loss(state.params, other))
+    return {
+      'eval/loss': float(loss),
+      'eval/accuracy': float(metrics['accuracy']),
+      'eval/prompt_gain': float(other_loss) - float(loss),
+    }
 
   spec = loop.LoopSpec(
     stage='transformer',
