@@ -185,47 +185,24 @@ class NextScaleTransformer(nn.Module):
   def setup(self):
     cfg = self.cfg
     emb = nn.initializers.normal(0.02)
-    self.text_embed = self.param(
-      'text_embed',
-      _init(emb, 'text_vocab', 'embed'),
-      (cfg.text_vocab_size, cfg.d_model),
-      cfg.param_dtype,
-    )
-    self.text_pos = self.param(
-      'text_pos',
-      _init(emb, 'text_length', 'embed'),
-      (cfg.text_len, cfg.d_model),
-      cfg.param_dtype,
-    )
+
+    def table(name: str, rows_axis: str, rows: int):
+      """A learned [rows, d_model] embedding table."""
+      return self.param(
+        name, _init(emb, rows_axis, 'embed'), (rows, cfg.d_model), cfg.param_dtype
+      )
+
+    self.text_embed = table('text_embed', 'text_vocab', cfg.text_vocab_size)
+    self.text_pos = table('text_pos', 'text_length', cfg.text_len)
     if cfg.quote_slots:
       # Where a byte sits in the quoted text, counted from both ends of the
       # span (`text.quote_positions`): lets an image token find "the k-th
       # letter of the word to draw" with one attention lookup instead of
       # having to locate the quote marks first.
-      self.quote_start = self.param(
-        'quote_start',
-        _init(emb, 'quote_slots', 'embed'),
-        (cfg.quote_slots, cfg.d_model),
-        cfg.param_dtype,
-      )
-      self.quote_end = self.param(
-        'quote_end',
-        _init(emb, 'quote_slots', 'embed'),
-        (cfg.quote_slots, cfg.d_model),
-        cfg.param_dtype,
-      )
-    self.image_pos = self.param(
-      'image_pos',
-      _init(emb, 'image_length', 'embed'),
-      (cfg.schedule.num_tokens, cfg.d_model),
-      cfg.param_dtype,
-    )
-    self.scale_embed = self.param(
-      'scale_embed',
-      _init(emb, 'scales', 'embed'),
-      (cfg.schedule.num_scales, cfg.d_model),
-      cfg.param_dtype,
-    )
+      self.quote_start = table('quote_start', 'quote_slots', cfg.quote_slots)
+      self.quote_end = table('quote_end', 'quote_slots', cfg.quote_slots)
+    self.image_pos = table('image_pos', 'image_length', cfg.schedule.num_tokens)
+    self.scale_embed = table('scale_embed', 'scales', cfg.schedule.num_scales)
     self.start = self.param(
       'start', _init(emb, 'embed'), (cfg.d_model,), cfg.param_dtype
     )
