@@ -44,7 +44,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli
-from varrl_jax.data import synthetic
 from varrl_jax.models.var import build_model
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.rl import loop
@@ -95,26 +94,14 @@ def mode(trainer: loop.Trainer, name: str, chunks: int):
     trainer.pool, trainer.config.rl.rollout_chunks = pool, old_chunks
 
 
-def prompts_of(config, update: int):
-  rl = config.rl
-  return [
-    (p.prompt, p.targets)
-    for p in synthetic.prompts(
-      'train',
-      rl.prompts_per_update,
-      seed=rl.data_seed,
-      start=update * rl.prompts_per_update,
-      variety=synthetic.Variety.from_config(config.data),
-    )
-  ]
-
-
 def run_one(config, trainer, name: str, chunks: int, update: int) -> dict:
   """One update in mode ``name``; returns its timings (seconds)."""
   with mode(trainer, name, chunks) as waiting:
     t0 = time.time()
     metrics, _, _, phase = trainer.run_update(
-      update, prompts_of(config, update), jax.random.fold_in(jax.random.key(0), update)
+      update,
+      loop.update_prompts(config, update),
+      jax.random.fold_in(jax.random.key(0), update),
     )
     total = time.time() - t0
   blocked = waiting.seconds if waiting else 0.0

@@ -151,7 +151,6 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
   """
   rl = config.rl
   key = jax.random.key(config.seed)
-  variety = synthetic.Variety.from_config(config.data)
   metrics = {}
   bar = tqdm.trange(
     start,
@@ -161,16 +160,7 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
     disable=not distributed.is_main(),
   )
   for update in bar:
-    prompts = [
-      (p.prompt, p.targets)
-      for p in synthetic.prompts(
-        'train',
-        rl.prompts_per_update,
-        seed=rl.data_seed,
-        start=update * rl.prompts_per_update,
-        variety=variety,
-      )
-    ]
+    prompts = loop.update_prompts(config, update)
     try:
       metrics, ro, scored, phase = trainer.run_update(
         update, prompts, jax.random.fold_in(key, update)

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from varrl_jax import checkpoint, parallel
+from varrl_jax.data import synthetic
 from varrl_jax.models.var import VarModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
@@ -74,6 +75,24 @@ class Method:
     return cls(
       use_vmr and m < last, use_panw, use_mp, m, rl.panw.alpha if use_panw else 0.0
     )
+
+
+def update_prompts(config, update: int) -> list[tuple[str, tuple[str, ...]]]:
+  """The (prompt, targets) of rollout batch ``update``: examples
+  [update * P, (update + 1) * P) of the synthetic 'train' stream
+  (P = rl.prompts_per_update, seed rl.data_seed), so a resumed run sees the
+  same prompts."""
+  rl = config.rl
+  return [
+    (p.prompt, p.targets)
+    for p in synthetic.prompts(
+      'train',
+      rl.prompts_per_update,
+      seed=rl.data_seed,
+      start=update * rl.prompts_per_update,
+      variety=synthetic.Variety.from_config(config.data),
+    )
+  ]
 
 
 def phase_of(
