@@ -193,6 +193,7 @@ def load_params(
   *,
   recreate: str | None = None,
   config: Mapping | None = None,
+  shardings: Mapping | None = None,
 ) -> dict:
   """Restores ``{part: params}`` for ``parts`` onto the model's abstract params.
 
@@ -205,6 +206,10 @@ def load_params(
       ``command``, else the pretraining command for the failing part.
     config: the current config as a dict; mismatch errors then name the
       config values that differ from the checkpoint's.
+    shardings: ``{part: tree of jax.sharding.Sharding}`` (e.g.
+      `parallel.param_shardings` of the run's mesh): each process then reads
+      only its own shards, straight into place, whatever mesh wrote the
+      checkpoint. Default: whole arrays on the first local device.
 
   Raises:
     CheckpointError: one line naming ``path`` and the recreate command.
@@ -221,12 +226,20 @@ def load_params(
       functools.partial(model.init_boxed, parts=tuple(parts)), jax.random.key(0)
     )
   )
-  # Restore onto an explicit sharding: a checkpoint written on another
-  # topology (a GPU, a pod slice) then loads anywhere. Callers reshard.
+  # Restore onto explicit shardings: a checkpoint written on another
+  # topology (a GPU, a pod slice) then loads anywhere, and a model too big
+  # for one device is never gathered whole.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-  )
+  abstract = {
+    part: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract[part],
+      shardings[part]
+      if shardings is not None
+      else jax.tree.map(lambda _: device, abstract[part]),
+    )
+    for part in parts
+  }
   hint = _config_diff(manifest.get('config'), config)
   out, error = {}, None
   # Errors are raised after the checkpointer is closed: raising inside the

@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_words = 2  # quoted target words per prompt: 1 or 2 (35 % get two)
   c.data.fonts = ()  # DejaVu styles to draw from; () = all (synthetic.FONT_STYLES)
   c.data.backgrounds = ()  # of 'solid', 'gradient', 'noise'; () = all
+  # 'random': random glyph size, alignment and position; 'centered': one size
+  # per font and canvas, centred (synthetic.Variety explains both).
+  c.data.placement = 'random'
 
   # Multi-scale residual VQ-VAE (varrl_jax/models/tokenizer.py).
   c.tokenizer = ml_collections.ConfigDict()
@@ -64,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_unroll = 1
   # > 0: add learned embeddings of each byte's place inside the prompt's
   # quoted text, counted from the start and from the end of the quote
-  # (models/text.py quote_positions), clipped to quote_slots - 1. A
+  # (models/text.py quote_positions), clipped to quote_slots - 1, and from
+  # its centre (start - end, where a centred letter's column is). A
   # character-aware prompt encoding (cf. Glyph-ByT5): without it the tiny
   # model learned to ignore which word was asked for. 0 = off (byte and
   # position embeddings only).

@@ -203,10 +203,11 @@ def train(config, workdir: str, pool=None) -> dict:
   # Model and weights.
   model = build_model(config)
   method = loop.Method.from_config(config, model)
-  params, source = load_weights(config, model, None)
-  logging.info('weights: %s; method %s', source, method)
-  # Mesh: config.mesh over every device of every process.
+  # Mesh: config.mesh over every device of every process. The weights are
+  # loaded straight onto it.
   mesh = parallel.make_mesh(config.mesh)
+  params, source = load_weights(config, model, None, mesh=mesh)
+  logging.info('weights: %s; method %s', source, method)
   logging.info(
     'mesh %s over %d devices in %d processes (this is process %d)',
     dict(mesh.shape),

@@ -203,3 +203,52 @@ def test_variety_from_config_and_errors():
     synthetic.Variety(fonts=('comic',))
   with pytest.raises(ValueError, match='data.backgrounds is empty'):
     synthetic.Variety(backgrounds=())
+  with pytest.raises(ValueError, match="data.placement must be one of .* got 'left'"):
+    synthetic.Variety(placement='left')
+  c.placement = 'centered'
+  assert synthetic.Variety.from_config(c).placement == 'centered'
+
+
+@pytest.mark.parametrize('max_words', [1, 2])
+def test_centered_placement_one_size_per_font_and_centred(max_words):
+  v = synthetic.Variety(
+    max_words=max_words, fonts=('mono', 'mono-bold'), placement='centered'
+  )
+  ds = synthetic.SyntheticTextDataset('train', (40, 160), seed=1, variety=v)
+  examples = [ds[i] for i in range(24)]
+  # Monospaced capitals all fit at the size of the longest word(s): one size
+  # per layout.
+  sizes = {}
+  for e in examples:
+    sizes.setdefault(e.meta['layout'], set()).add(e.meta['font_size'])
+  assert all(len(s) == 1 for s in sizes.values()), sizes
+  for e in examples:
+    assert e.meta['placement'] == 'centered' and e.meta['align'] == 'center'
+    x0 = min(b[0] for b in e.boxes)
+    x1 = max(b[2] for b in e.boxes)
+    # Ink is centred up to the glyphs' side bearings (a few px at 32 px).
+    assert abs((x0 + x1) / 2 - 80) <= 3, (e.targets, e.boxes)
+  # Same length, same font: same columns, whatever the letters.
+  by_key = {}
+  for e in examples:
+    if len(e.targets) == 1:
+      by_key.setdefault((len(e.targets[0]), e.meta['font']), []).append(e.boxes[0])
+  spans = [b for b in by_key.values() if len(b) > 1]
+  assert spans
+  for boxes in spans:
+    assert max(b[0] for b in boxes) - min(b[0] for b in boxes) <= 4
+  # Proportional faces: long words too wide for the common size shrink.
+  wide = synthetic.render_words(
+    ['WWWWWWWW'],
+    (40, 160),
+    np.random.default_rng(0),
+    variety=synthetic.Variety(fonts=('sans',), placement='centered'),
+  )
+  short = synthetic.render_words(
+    ['TOP'],
+    (40, 160),
+    np.random.default_rng(0),
+    variety=synthetic.Variety(fonts=('sans',), placement='centered'),
+  )
+  assert wide[2]['font_size'] < short[2]['font_size']
+  assert wide[1][0][0] >= 0 and wide[1][0][2] <= 160

@@ -79,11 +79,12 @@ def test_quote_slots_embed_the_quoted_bytes_only():
   params = model.init(jax.random.key(0))
   tp = params['transformer']['params']
   assert tp['quote_start'].shape == tp['quote_end'].shape == (4, 32)
+  assert tp['quote_centre'].shape == (7, 32)
   tokens = _random_tokens(model, 3, batch=3)
   prompts = [PROMPTS[0], "a poster that reads 'HOT' and 'BAR'", 'no quotes here']
   base = _logits(model, params, tokens, prompts)
   # Changing the slot embeddings moves exactly the prompts that quote a word.
-  for name in ('quote_start', 'quote_end'):
+  for name in ('quote_start', 'quote_end', 'quote_centre'):
     moved = jax.tree.map(lambda x: x, params)
     moved['transformer']['params'][name] = tp[name] + 0.5
     out = _logits(model, params | moved, tokens, prompts)
@@ -96,6 +97,19 @@ def test_quote_slots_embed_the_quoted_bytes_only():
   assert np.abs(np.asarray(out[0] - base[0])).max() > 1e-3
   np.testing.assert_array_equal(out[1], base[1])
   np.testing.assert_array_equal(out[2], base[2])
+  # quote_centre row r is from_start - from_end = r - 3 half letters from the
+  # centre: even rows are letters of even-length words ('OPEN' at -3, -1, 1,
+  # 3), odd rows of odd-length ones ('HOT', 'BAR' at -2, 0, 2).
+  for row, moves in ((0, (True, False)), (6, (True, False)), (3, (False, True))):
+    bumped = jax.tree.map(lambda x: x, params)
+    bumped['transformer']['params']['quote_centre'] = (
+      tp['quote_centre'].at[row].add(1.0)
+    )
+    out = _logits(model, bumped, tokens, prompts)
+    for i, move in enumerate(moves):
+      changed = np.abs(np.asarray(out[i] - base[i])).max() > 1e-3
+      assert changed == move, (row, i)
+    np.testing.assert_array_equal(out[2], base[2])
 
 
 def test_mask_definition():

@@ -144,20 +144,29 @@ _FONT_STYLES: tuple[tuple[str, str, str | None], ...] = (
 
 FONT_STYLES = tuple(style for style, _, _ in _FONT_STYLES)
 BACKGROUNDS = ('solid', 'gradient', 'noise')
+PLACEMENTS = ('random', 'centered')
 
 
 @dataclasses.dataclass(frozen=True)
 class Variety:
-  """How varied the data is: words per prompt, font styles, backgrounds.
+  """How varied the data is: words per prompt, fonts, backgrounds, placement.
 
   The default is the full variety. A narrower one (``configs/tiny.py`` uses
-  one word per prompt) suits small canvases and short CPU runs. Part of the
-  data's identity: the same seed with another variety gives other examples.
+  one centred word per prompt in monospaced faces) suits small canvases and
+  short CPU runs. Part of the data's identity: the same seed with another
+  variety gives other examples.
+
+  ``placement``: ``'random'`` draws the glyph size (60-100 % of the largest
+  that fits), the alignment and the position; ``'centered'`` draws every
+  word at one size per font and canvas (the largest at which the longest
+  word of ``words.txt`` fits; a wider word shrinks to fit) and centres it, so
+  a letter's place follows from its place in the word alone.
   """
 
   max_words: int = 2
   fonts: tuple[str, ...] = FONT_STYLES
   backgrounds: tuple[str, ...] = BACKGROUNDS
+  placement: str = 'random'
 
   def __post_init__(self):
     if self.max_words not in (1, 2):
@@ -171,6 +180,10 @@ class Variety:
       bad = [x for x in got if x not in allowed]
       if bad:
         raise ValueError(f'data.{name}: unknown {bad}; choose from {allowed}')
+    if self.placement not in PLACEMENTS:
+      raise ValueError(
+        f'data.placement must be one of {PLACEMENTS}, got {self.placement!r}'
+      )
 
   @classmethod
   def from_config(cls, data_config) -> Variety:
@@ -179,6 +192,7 @@ class Variety:
       max_words=int(data_config.max_words),
       fonts=tuple(data_config.fonts) or FONT_STYLES,
       backgrounds=tuple(data_config.backgrounds) or BACKGROUNDS,
+      placement=str(data_config.get('placement', 'random')),
     )
 
 
@@ -529,6 +543,19 @@ def _max_size(
   return lo
 
 
+@functools.lru_cache(maxsize=256)
+def _fixed_size(
+  n_words: int, layout: str, path: pathlib.Path, avail_w: int, avail_h: int
+) -> int:
+  """The one glyph size of ``placement='centered'`` for a font and canvas.
+
+  The largest at which ``n_words`` words as long as the longest of
+  ``words.txt`` fit, measured with 'O' (a capital of typical width).
+  """
+  longest = max(len(w) for w in load_words())
+  return _max_size(('O' * longest,) * n_words, layout, path, avail_w, avail_h)
+
+
 def render_words(
   words: Sequence[str],
   image_size: tuple[int, int],
@@ -564,15 +591,23 @@ def render_words(
     s_max = sizes[layout]
   else:
     s_max = _max_size(words, layout, path, avail_w, avail_h)
-  # Size varies down to 60 %, but never below ~28 px (or 90 % of the max on
-  # small canvases): smaller glyphs stop being legible to OCR.
-  lo = max(0.6 * s_max, min(0.9 * s_max, 28.0))
-  size = max(4, int(rng.uniform(lo, s_max)))
-  align = ('left', 'center', 'right')[int(rng.integers(3))]
-  font = _font(path, size)
-  origins, bw, bh = _place(words, layout, font, align)
-  x_off = margin + int(rng.integers(0, avail_w - bw + 1))
-  y_off = margin + int(rng.integers(0, avail_h - bh + 1))
+  if variety.placement == 'centered':
+    size = min(s_max, _fixed_size(len(words), layout, path, avail_w, avail_h))
+    align = 'center'
+    font = _font(path, size)
+    origins, bw, bh = _place(words, layout, font, align)
+    x_off = margin + (avail_w - bw) // 2
+    y_off = margin + (avail_h - bh) // 2
+  else:
+    # Size varies down to 60 %, but never below ~28 px (or 90 % of the max on
+    # small canvases): smaller glyphs stop being legible to OCR.
+    lo = max(0.6 * s_max, min(0.9 * s_max, 28.0))
+    size = max(4, int(rng.uniform(lo, s_max)))
+    align = ('left', 'center', 'right')[int(rng.integers(3))]
+    font = _font(path, size)
+    origins, bw, bh = _place(words, layout, font, align)
+    x_off = margin + int(rng.integers(0, avail_w - bw + 1))
+    y_off = margin + int(rng.integers(0, avail_h - bh + 1))
 
   image = _background(rng, colors, h, w)
   fg = np.array(colors['text_color'], np.float32)
@@ -597,6 +632,7 @@ def render_words(
     'font_size': size,
     'layout': layout,
     'align': align,
+    'placement': variety.placement,
   }
   return np.round(image).astype(np.uint8), tuple(boxes), meta
 

@@ -10,7 +10,7 @@ the logits of scale s depend on the tokens of scales < s only.
 Positions: learned text positions, learned per-token image positions (one per
 cell of every grid, VAR style) and a learned scale embedding; optionally
 (``model.quote_slots``) learned positions of each byte inside the prompt's
-quoted text, counted from both ends of the quote. Blocks:
+quoted text, counted from both ends of the quote and from its centre. Blocks:
 pre-RMSNorm, grouped-query attention, SwiGLU MLP, scanned over layers (one
 compiled block whatever the depth) with optional rematerialisation.
 
@@ -201,6 +201,10 @@ class NextScaleTransformer(nn.Module):
       # having to locate the quote marks first.
       self.quote_start = table('quote_start', 'quote_slots', cfg.quote_slots)
       self.quote_end = table('quote_end', 'quote_slots', cfg.quote_slots)
+      # And from the word's centre, in half letters (from_start - from_end):
+      # in a centred word of even advance, where the letter's column is.
+      # A sum of the two tables above cannot express that difference.
+      self.quote_centre = table('quote_centre', 'quote_slots', 2 * cfg.quote_slots - 1)
     self.image_pos = table('image_pos', 'image_length', cfg.schedule.num_tokens)
     self.scale_embed = table('scale_embed', 'scales', cfg.schedule.num_scales)
     self.start = self.param(
@@ -233,10 +237,12 @@ class NextScaleTransformer(nn.Module):
     if slots:
       from_start, from_end = text_lib.quote_positions(text_ids)
       inside = (from_start >= 0)[..., None]
+      centre = jnp.clip(from_start - from_end, 1 - slots, slots - 1) + slots - 1
       x = x + jnp.where(
         inside,
         jnp.take(self.quote_start, jnp.clip(from_start, 0, slots - 1), axis=0)
-        + jnp.take(self.quote_end, jnp.clip(from_end, 0, slots - 1), axis=0),
+        + jnp.take(self.quote_end, jnp.clip(from_end, 0, slots - 1), axis=0)
+        + jnp.take(self.quote_centre, centre, axis=0),
         0.0,
       )
     return x.astype(self.cfg.dtype)
