@@ -62,6 +62,11 @@ def get_config(arg=None):
   # Half the base width: on XLA-CPU the conv weight gradients dominate a step,
   # and (64, 128, 128) trains ~4x slower (12 s vs 2.3 s per 16 images).
   config.tokenizer.channels = (32, 64, 64, 128)
+  # The paper's rollout sampling (top-k 2, top-p 0.9) without its CFG 5: on
+  # the shipped model, held-out Word Accuracy is 0.156 at CFG 1, 0.125 at
+  # CFG 3 and 0.008 at CFG 5 (greedy 0.195; plain T=1 0.031).
+  config.sampling.top_k = 2
+  config.sampling.top_p = 0.9
   config.sampling.batch_size = 8
   config.init_checkpoint = SHIPPED_TINY if os.path.isdir(SHIPPED_TINY) else ''
   # Unrolled layers: ~10% faster sampling on CPU, and XLA's cost analysis

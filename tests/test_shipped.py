@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _tiny():
-  return cli._load_config_file(os.path.join(ROOT, 'configs', 'tiny.py')).get_config()
+  return cli._load_config_file(os.path.join(ROOT, 'configs', 'tiny.py'))
 
 
 def test_tiny_config_loads_the_shipped_checkpoint():
@@ -33,12 +33,15 @@ def test_tiny_config_loads_the_shipped_checkpoint():
   assert config.init_checkpoint == SHIPPED_TINY
   manifest = checkpoint.read_manifest(SHIPPED_TINY)
   assert manifest['parts'] == ['tokenizer', 'transformer']
-  # The recipe: tokenizer stage, transformer stage, export.
-  assert [c.split()[2] for c in manifest['recreate']] == [
-    'varrl_jax.pretrain',
-    'varrl_jax.pretrain',
+  # The recipe: tokenizer stage, transformer stage(s) (continuations chain
+  # with init_from), export.
+  recipe = manifest['recreate']
+  assert [c.split()[2] for c in recipe] == [
+    *['varrl_jax.pretrain'] * (len(recipe) - 1),
     'varrl_jax.export',
   ]
+  assert '--stage=tokenizer' in recipe[0]
+  assert all('--stage=transformer' in c for c in recipe[1:-1]) and len(recipe) >= 3
   size = sum(
     os.path.getsize(os.path.join(d, f))
     for d, _, fs in os.walk(SHIPPED_TINY)
@@ -53,7 +56,9 @@ def shipped_samples():
   model = build_model(config)
   params, _ = load_weights(config, model)
   variety = synthetic.Variety.from_config(config.data)
-  prompts = synthetic.prompts('heldout', 8, seed=0, variety=variety)
+  # 32 prompts: at the shipped model's held-out Word Accuracy (~0.16 with the
+  # config's sampling) a batch this size misses every word with p < 0.5 %.
+  prompts = synthetic.prompts('heldout', 32, seed=0, variety=variety)
   ids, mask = text_lib.encode([p.prompt for p in prompts], config.model.text_len)
   sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
   key = jax.random.key(7)
