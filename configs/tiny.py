@@ -1,27 +1,29 @@
 r"""The embedded default: a few-million-parameter model that runs on one CPU.
 
-40x160 sign-like images of one word, an 8x-downsampling tokenizer (5x20
-latent grid), four scales, a 4-layer d=256 transformer (3.5M parameters;
-tokenizer 2.1M). It loads the pretrained checkpoint shipped in the package
-(varrl_jax/assets/tiny, whose manifest.json records how it was made) when
-that exists; none ships yet (see the README's status): until then the
-weights are a seeded random init, with a warning.
+40x160 sign-like images of one centred word in a monospaced face, an
+8x-downsampling tokenizer (5x20 latent grid), four scales, a 4-layer d=256
+transformer (3.5M parameters; tokenizer 2.1M). It loads the pretrained
+checkpoint shipped in the package (varrl_jax/assets/tiny, whose
+manifest.json records how it was made and its evaluator figures); a build
+without it falls back to a seeded random init, with a warning.
 
-Pretraining (2-core CPU times, measured):
+The shipped checkpoint was made with these commands (2-core CPU times on a
+shared host, measured):
 
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=tokenizer \
-      --workdir=workdir/pretrain     # 17 min: 400 steps x 16 images
+      --workdir=workdir/pretrain     # 24 min: 400 steps x 16 images
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer \
-      --workdir=workdir/pretrain     # ~40 min: 2000 steps x 16 examples
-  # Longer training, in sittings: continue from the last checkpoint with new
-  # data (fresh optimizer and schedule; the manifest chains the commands).
+      --workdir=workdir/pretrain     # 63 min: 2000 steps x 16 examples
+  # Continue from the last checkpoint with new data (fresh optimizer and
+  # schedule; the manifest chains the commands): 24 min.
   python -m varrl_jax.pretrain --config=configs/tiny.py --stage=transformer \
       --workdir=workdir/pretrain2 \
       --config.pretrain.transformer.tokenizer_checkpoint=workdir/pretrain/tokenizer/checkpoints/final \
       --config.pretrain.transformer.init_from=workdir/pretrain/transformer/checkpoints/final \
-      --config.pretrain.data_seed=1 --config.pretrain.transformer.lr=5e-4
+      --config.pretrain.data_seed=1 --config.pretrain.transformer.lr=5e-4 \
+      --config.pretrain.transformer.steps=500
   python -m varrl_jax.export --config=configs/tiny.py \
-      --source=workdir/pretrain/transformer/checkpoints/final \
+      --source=workdir/pretrain2/transformer/checkpoints/final \
       --dest=varrl_jax/assets/tiny
 
 ``--config.init_checkpoint=PATH`` loads any other checkpoint.
