@@ -166,6 +166,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ocr.threads_per_worker = 1  # torch threads in each worker
   c.ocr.timeout_s = 60.0  # longest one image may take before its worker is restarted
   c.ocr.cache_size = 4096  # LRU entries of OCR results keyed by image content
+  # Small images are enlarged (bicubic, integer factor) before OCR until the
+  # short side reaches upscale_min_side, by at most upscale_max_factor
+  # (rewards/ocr.py UpscaleConfig; 1 = read as rendered).
+  c.ocr.upscale_min_side = 128
+  c.ocr.upscale_max_factor = 2
 
   # Evaluation (python -m varrl_jax.evaluate; also the RL loop's held-out eval).
   c.eval = ml_collections.ConfigDict()

@@ -64,12 +64,12 @@ def _load_png(path: str, image_size) -> np.ndarray:
   return img[None]
 
 
-def _ocr_texts(images: np.ndarray, engine_name: str) -> list[str]:
+def _ocr_texts(images: np.ndarray, engine_name: str, config) -> list[str]:
   if engine_name == 'none':
     return [''] * len(images)
-  from varrl_jax.rewards import ocr
+  from varrl_jax.rewards import service
 
-  engine = ocr.make_engine(engine_name)
+  engine = service.engine_factory(config, engine_name)()
   return [' '.join(engine.read(img).texts) for img in images]
 
 
@@ -116,7 +116,7 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
     f'sampled {len(batch)} images of {model.schedule.num_tokens} tokens '
     f'in {time.time() - t0:.1f}s (incl. compile)'
   )
-  read = _ocr_texts(imgs, engine_name)
+  read = _ocr_texts(imgs, engine_name, config)
   for prompt, got in zip(batch, read):
     print(f'{prompt!r} -> OCR {got!r}')
   captions = [f'{p[-24:]}\nOCR: {r}' for p, r in zip(batch, read)]

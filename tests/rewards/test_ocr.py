@@ -81,6 +81,21 @@ def test_upscale_and_box_mapping_roundtrip():
   assert quad_to_box(quad, 3, height=2, width=3) == (1.0, 0.0, 3.0, 2.0)
 
 
+def test_upscale_settings_come_from_the_config_and_are_checked():
+  from varrl_jax.config import base_config
+  from varrl_jax.rewards import service
+
+  c = base_config()
+  c.ocr.upscale_min_side, c.ocr.upscale_max_factor = 96, 1
+  factory = service.engine_factory(c, 'rapidocr')
+  assert factory.args == ('rapidocr',)
+  assert factory.keywords['upscale_config'] == UpscaleConfig(min_side=96, max_factor=1)
+  with pytest.raises(ValueError, match='config.ocr.upscale_max_factor'):
+    UpscaleConfig(max_factor=0)
+  with pytest.raises(ValueError, match='config.ocr.upscale_min_side'):
+    UpscaleConfig(min_side=0)
+
+
 def test_make_engine_rejects_unknown_name():
   with pytest.raises(ValueError, match='easyocr'):
     make_engine('tesseract')

@@ -137,6 +137,19 @@ class UpscaleConfig:
   max_factor: int = 2
   interpolation: str = 'cubic'
 
+  def __post_init__(self):
+    if self.min_side < 1:
+      raise ValueError(f'config.ocr.upscale_min_side must be >= 1, got {self.min_side}')
+    if self.max_factor < 1:
+      raise ValueError(
+        f'config.ocr.upscale_max_factor must be >= 1 (1 = no upscaling), '
+        f'got {self.max_factor}'
+      )
+    if self.interpolation not in ('nearest', 'cubic'):
+      raise ValueError(
+        f"interpolation must be 'nearest' or 'cubic', got {self.interpolation!r}"
+      )
+
 
 def _set_threads(num_threads: int | None) -> None:
   """Caps torch/OpenCV threads; several workers share few host cores."""
