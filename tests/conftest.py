@@ -28,7 +28,8 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 # A compilation cache private to this test session: many tests rebuild the
 # same jitted programs (each `train.train` call makes new closures), and a
 # cache hit skips XLA's compile. Measured: tests/rl/test_loop.py 209 s with
-# it against ~380 s without. Subprocess tests do not inherit it.
+# it against ~380 s without. A pytest subprocess (tests/test_sharding.py)
+# loads this file and gets its own; other subprocesses run without one.
 _XLA_CACHE = tempfile.mkdtemp(prefix='varrl_jax_tests_xla_cache_')
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 jax.config.update('jax_compilation_cache_dir', _XLA_CACHE)
