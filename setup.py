@@ -52,6 +52,11 @@ TEST = [
 # compiles for a v5p-8 topology.
 TPU = ['jax[tpu]==0.10.2']
 
+# gs:// work directories (varrl_jax/fs.py): etils.epath reads and writes
+# through gcsfs, tensorboardX through google-cloud-storage; orbax writes its
+# arrays through tensorstore, which speaks GCS itself.
+GCS = ['gcsfs>=2024.6', 'google-cloud-storage>=2.14']
+
 # TFDS without TensorFlow: build with array_record, read with tfds.data_source.
 TFDS = [
   'tensorflow-datasets==4.9.10',
@@ -75,5 +80,6 @@ setup(
     'test': TEST + OCR + TFDS + TPU,
     'tfds': TFDS,
     'tpu': TPU,
+    'gcs': GCS,
   },
 )

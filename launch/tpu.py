@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 GCLOUD = 'gcloud'
-EXTRAS = '.[ocr,tpu]'
+EXTRAS = '.[ocr,tpu,gcs]'
 TARBALL_REMOTE = 'varrl_jax.tar.gz'
 # A queued resource is provisioned asynchronously; these states never become
 # ACTIVE, so polling stops on them instead of waiting forever.

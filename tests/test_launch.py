@@ -127,7 +127,7 @@ def test_setup_from_git():
   assert (
     'git clone --depth=1 --branch main https://example.com/r.git varrl_jax' in remote
   )
-  assert "pip install -e '.[ocr,tpu]'" in remote
+  assert "pip install -e '.[ocr,tpu,gcs]'" in remote
 
 
 def test_setup_from_tarball():
@@ -137,7 +137,7 @@ def test_setup_from_tarball():
   assert '--worker=all' in scp and '--worker=all' in ssh
   remote = ssh[-1]
   assert 'tar -xzf varrl_jax.tar.gz -C varrl_jax --strip-components=1' in remote
-  assert "pip install -e '.[ocr,tpu]'" in remote
+  assert "pip install -e '.[ocr,tpu,gcs]'" in remote
 
 
 def test_train_passes_overrides_to_every_worker():

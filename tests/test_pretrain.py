@@ -82,6 +82,61 @@ def test_tokenizer_loss_decreases_on_a_fixed_batch(toy):
   assert 0 < float(history[-1]['usage']) <= 1 and float(history[-1]['perplexity']) >= 1
 
 
+def test_decoder_finetune_changes_the_decoder_only_and_keeps_the_ids(toy):
+  _, model, params = toy
+  config = _config()
+  sc = config.pretrain.tokenizer
+  sc.steps, sc.dead_code_steps, sc.trainable = 8, 1, 'decoder'
+  optimizer, _ = loop.make_optimizer(sc)
+  own = jax.tree.map(jnp.copy, params['tokenizer'])
+  before = jax.tree.map(np.asarray, own)
+  state = tokenizer_stage.init_state(model, optimizer, own, 'decoder')
+  # The optimizer state covers the decoder alone (no encoder moments).
+  n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  n_dec = sum(x.size for x in jax.tree.leaves(before['params']['decoder']))
+  assert 2 * n_dec <= n_opt < 2 * n_dec + 16
+  step = tokenizer_stage.make_train_step(model, optimizer, sc)
+  batch = next(batches_lib.synthetic_batches('train', config.image_size, 0, 8))
+  x = jnp.asarray(batch['images'], jnp.float32) / 255.0
+  encode = jax.jit(
+    lambda p, x: model.tokenizer.apply(
+      p, x, method=tokenizer_stage.tok_lib.MultiScaleVQVAE.encode_to_scales
+    )
+  )
+  ids0 = [np.asarray(r) for r in encode(before, x)]
+  history = []
+  for _ in range(sc.steps):
+    state, metrics = step(state, batch, jax.random.key(0))
+    history.append(jax.device_get(metrics))
+  after = jax.tree.map(np.asarray, state.params)
+  for name in before['params']:
+    same = all(
+      np.array_equal(a, b)
+      for a, b in zip(
+        jax.tree.leaves(before['params'][name]), jax.tree.leaves(after['params'][name])
+      )
+    )
+    assert same == (name != 'decoder'), name
+  # dead_code_steps=1 would restart codes in a full run; not here.
+  assert sum(int(m['restarted']) for m in history) == 0
+  losses = [float(m['loss']) for m in history]
+  assert losses[-1] < losses[0], losses
+  for r0, r1 in zip(ids0, encode(state.params, x)):
+    np.testing.assert_array_equal(r0, np.asarray(r1))
+
+
+def test_tokenizer_stage_config_errors_name_the_key():
+  config = _config()
+  config.pretrain.tokenizer.trainable = 'encoder'
+  with pytest.raises(ValueError, match=r'pretrain\.tokenizer\.trainable'):
+    tokenizer_stage.check_config(config)
+  config.pretrain.tokenizer.trainable = 'decoder'
+  with pytest.raises(ValueError, match=r'pretrain\.tokenizer\.init_from'):
+    tokenizer_stage.check_config(config)
+  config.pretrain.tokenizer.init_from = '/some/ckpt'
+  tokenizer_stage.check_config(config)
+
+
 def test_both_stages_run_and_save(tmp_path):
   config = _config()
   for sc in (config.pretrain.tokenizer, config.pretrain.transformer):

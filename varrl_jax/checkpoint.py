@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,6 +50,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from varrl_jax import fs
 
 PARTS = ('tokenizer', 'transformer')
 MANIFEST = 'manifest.json'
@@ -96,19 +96,19 @@ def save_params(
   describes the run (config as a dict, command, step, data seed, metrics); it
   must be JSON-serialisable. Returns the absolute path.
   """
-  path = os.path.abspath(path)
+  path = fs.resolve(path)
   unknown = sorted(set(params) - set(PARTS))
   if unknown:
     raise ValueError(f'save_params: unknown parts {unknown}; expected some of {PARTS}')
   parts = [p for p in PARTS if p in params]
-  if jax.process_index() == 0 and os.path.exists(path):
-    shutil.rmtree(path)
+  if jax.process_index() == 0 and fs.exists(path):
+    fs.rmtree(path)
   if jax.process_count() > 1:
     # No process may start writing before process 0 has cleared the path.
     multihost_utils.sync_global_devices(f'save_params:{path}')
   with ocp.StandardCheckpointer() as ckptr:
     for part in parts:
-      ckptr.save(os.path.join(path, part), nn.unbox(params[part]))
+      ckptr.save(fs.join(path, part), nn.unbox(params[part]))
   # Written last: its presence marks a complete checkpoint.
   if jax.process_index() == 0:
     record = {
@@ -117,25 +117,21 @@ def save_params(
       'parts': parts,
       'saved_at': time.strftime('%Y-%m-%dT%H:%M:%S'),
     }
-    tmp = os.path.join(path, MANIFEST + '.tmp')
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(path, MANIFEST))
+    fs.write_text(fs.join(path, MANIFEST), json.dumps(record, indent=1, sort_keys=True))
   return path
 
 
 def read_manifest(path: str, recreate: str | None = None) -> dict:
   """The manifest of the checkpoint at ``path``; CheckpointError if unusable."""
-  path = os.path.abspath(path)
+  path = fs.resolve(path)
   recreate = recreate or _guess_recreate(path, 'transformer')
-  if not os.path.isdir(path):
+  if not fs.isdir(path):
     raise _fail(path, 'no such directory', recreate)
-  file = os.path.join(path, MANIFEST)
-  if not os.path.isfile(file):
+  file = fs.join(path, MANIFEST)
+  if not fs.isfile(file):
     raise _fail(path, f'no {MANIFEST} (an interrupted save?)', recreate)
   try:
-    with open(file) as f:
-      manifest = json.load(f)
+    manifest = json.loads(fs.read_text(file))
   except (OSError, ValueError) as e:
     raise _fail(path, f'unreadable {MANIFEST} ({_first_line(e)})', recreate) from None
   if not isinstance(manifest, dict) or not isinstance(manifest.get('parts'), list):
@@ -214,7 +210,7 @@ def load_params(
   Raises:
     CheckpointError: one line naming ``path`` and the recreate command.
   """
-  path = os.path.abspath(path)
+  path = fs.resolve(path)
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
     raise ValueError(f'load_params: unknown parts {unknown}; expected some of {PARTS}')
@@ -246,8 +242,8 @@ def load_params(
   # block leaves orbax's event loop to be torn down by the garbage collector.
   with ocp.StandardCheckpointer() as ckptr:
     for part in parts:
-      directory = os.path.join(path, part)
-      if part not in manifest['parts'] or not os.path.isdir(directory):
+      directory = fs.join(path, part)
+      if part not in manifest['parts'] or not fs.isdir(directory):
         saved = ', '.join(manifest['parts']) or 'none'
         cmd = recreate or _guess_recreate(path, part)
         error = _fail(path, f'holds no {part} parameters (saved parts: {saved})', cmd)
@@ -306,7 +302,7 @@ class TrainCheckpoints:
   """
 
   def __init__(self, directory: str, keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = fs.resolve(directory)
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -332,7 +328,7 @@ class TrainCheckpoints:
       force=True,
     )
     self._manager.wait_until_finished()
-    return os.path.join(self.directory, str(update))
+    return fs.join(self.directory, str(update))
 
   def restore_latest(self, abstract_state) -> tuple[Any, dict] | None:
     """(state, record) of the newest readable step, else None if there is none.

@@ -217,6 +217,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain.tokenizer.log_every = 50
   c.pretrain.tokenizer.sample_every = 1000  # reconstruction grid + held-out metrics
   c.pretrain.tokenizer.ckpt_every = 2000
+  # A checkpoint whose tokenizer this stage starts from ('' = random init),
+  # with a fresh optimizer and lr schedule.
+  c.pretrain.tokenizer.init_from = ''
+  # 'all', or 'decoder': train the pixel decoder only. The encoder, codebook
+  # and phi convolutions stay bit-identical (no dead-code restarts), so every
+  # image keeps its token ids and a transformer trained on them stays valid;
+  # `varrl_jax.export --tokenizer=` then swaps the new decoder in. Needs
+  # init_from.
+  c.pretrain.tokenizer.trainable = 'all'
 
   c.pretrain.transformer = ml_collections.ConfigDict()
   c.pretrain.transformer.steps = 50_000

@@ -16,12 +16,11 @@ image). Sampling follows ``config.sampling``; the seed is ``config.eval.seed``.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from varrl_jax import cli
+from varrl_jax import cli, fs
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
@@ -77,7 +76,8 @@ def run(
   print(f'model weights: {weights}')
   with make_pool(config) as pool:
     report = evaluator.evaluate(model, params, config, prompts, pool, source=source)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
   summary = {
     'data': spec,
     'source': source,
@@ -91,13 +91,13 @@ def run(
     'ocr': report.ocr_stats,
     'seconds': report.seconds,
   }
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(workdir, 'samples.jsonl'), 'w') as f:
-    for r in report.records:
-      f.write(json.dumps(r) + '\n')
+  fs.write_text(fs.join(workdir, 'metrics.json'), json.dumps(summary, indent=2))
+  fs.write_text(
+    fs.join(workdir, 'samples.jsonl'),
+    ''.join(json.dumps(r) + '\n' for r in report.records),
+  )
   grid = images_lib.save_grid(
-    os.path.join(workdir, 'grid.png'),
+    fs.join(workdir, 'grid.png'),
     report.grid_images,
     evaluator.grid_captions(report.records, len(report.grid_images)),
     columns=4,
@@ -110,7 +110,7 @@ def run(
         f'({s.n_images} images, {s.n_words} words)'
       )
   s = report.summary
-  print(f'metrics: {os.path.join(workdir, "metrics.json")}  grid: {grid}')
+  print(f'metrics: {fs.join(workdir, "metrics.json")}  grid: {grid}')
   print(
     f'{spec} ({source}): Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}  '
     f'({s.n_images} images, {s.n_words} target words, {s.n_failed} OCR failures)'

@@ -13,6 +13,13 @@ nothing. ``--quality=NAME=metrics.json`` (repeatable) records evaluator
 results (``python -m varrl_jax.evaluate ... --workdir=DIR`` writes
 ``DIR/metrics.json``) under ``quality.NAME``.
 
+``--tokenizer=CKPT`` takes the tokenizer from another checkpoint: one whose
+decoder was fine-tuned (``pretrain --stage=tokenizer
+--config.pretrain.tokenizer.trainable=decoder``). Everything that decides
+the token ids (encoder, codebook, phi convolutions) must equal the source's
+bit for bit, so the transformer sees the ids it was trained on; anything
+else is refused with the first differing parameter named.
+
 The shipped ``varrl_jax/assets/tiny`` checkpoint, which ``configs/tiny.py``
 loads by default, was made this way; its manifest says exactly how.
 """
@@ -26,6 +33,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,10 +47,11 @@ _SOURCE = None
 _DEST = None
 _DTYPE = None
 _QUALITY = None
+_TOKENIZER = None
 
 
 def _define_flags():
-  global _CONFIG, _SOURCE, _DEST, _DTYPE, _QUALITY
+  global _CONFIG, _SOURCE, _DEST, _DTYPE, _QUALITY, _TOKENIZER
   _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model.', lock_config=True
   )
@@ -53,6 +62,12 @@ def _define_flags():
   )
   _QUALITY = flags.DEFINE_multi_string(
     'quality', [], 'NAME=path/to/metrics.json of an evaluator run to record.'
+  )
+  _TOKENIZER = flags.DEFINE_string(
+    'tokenizer',
+    '',
+    "Checkpoint whose tokenizer replaces the source's (a decoder fine-tune; "
+    'the ids it produces must be the same).',
   )
 
 
@@ -80,19 +95,76 @@ def read_quality(specs: list[str]) -> dict:
   return out
 
 
-def export(config, source: str, dest: str, dtype: str, quality: dict, command: str):
-  """Writes the cast copy of ``source`` to ``dest``; returns its manifest."""
-  model = build_model(config)
-  manifest = checkpoint.read_manifest(source)
-  params = checkpoint.load_params(source, model, config=config.to_dict())
-  params = cast_floats(params, jnp.dtype(dtype))
-  recreate = manifest.get('recipe') or [
+def id_changes(old_tok, new_tok) -> list[str]:
+  """Paths of the tokenizer parameters outside the decoder that differ.
+
+  Those parameters (encoder, codebook, phi convolutions) decide the token
+  ids; an empty list means both tokenizers give every image the same ids.
+  """
+  old = dict(jax.tree_util.tree_flatten_with_path(old_tok)[0])
+  changed = []
+  for path, new in jax.tree_util.tree_flatten_with_path(new_tok)[0]:
+    name = jax.tree_util.keystr(path)
+    if "['decoder']" in name:
+      continue
+    if path not in old or not np.array_equal(np.asarray(old[path]), np.asarray(new)):
+      changed.append(name)
+  return changed
+
+
+def _recipe(manifest: dict) -> list[str]:
+  return manifest.get('recipe') or [
     manifest.get('tokenizer_manifest', {}).get('command'),
     manifest.get('command'),
   ]
+
+
+def export(
+  config,
+  source: str,
+  dest: str,
+  dtype: str,
+  quality: dict,
+  command: str,
+  tokenizer: str = '',
+):
+  """Writes the cast copy of ``source`` to ``dest``; returns its manifest.
+
+  Raises:
+    checkpoint.CheckpointError: a checkpoint is unusable, or ``tokenizer``
+      would give other token ids than the source's tokenizer.
+  """
+  model = build_model(config)
+  manifest = checkpoint.read_manifest(source)
+  params = checkpoint.load_params(source, model, config=config.to_dict())
+  recreate = list(_recipe(manifest))
+  extra = {}
+  if tokenizer:
+    tok_manifest = checkpoint.read_manifest(tokenizer)
+    new_tok = checkpoint.load_params(
+      tokenizer, model, ('tokenizer',), config=config.to_dict()
+    )['tokenizer']
+    changed = id_changes(params['tokenizer'], new_tok)
+    if changed:
+      raise checkpoint.CheckpointError(
+        f'--tokenizer={tokenizer}: its tokenizer gives other token ids than the one '
+        f'in {source} ({len(changed)} parameters outside the decoder differ, first '
+        f'{changed[0]}); only a decoder fine-tune (pretrain.tokenizer.trainable='
+        "'decoder') of the source's tokenizer can be swapped in"
+      )
+    params = {**params, 'tokenizer': new_tok}
+    recreate += [c for c in _recipe(tok_manifest) if c not in recreate]
+    extra = {
+      'decoder_from': os.path.abspath(tokenizer),
+      'decoder_manifest': {
+        k: tok_manifest.get(k) for k in ('command', 'step', 'metrics', 'data_seed')
+      },
+    }
+  params = cast_floats(params, jnp.dtype(dtype))
   recreate = [*recreate, command]
   record = {
     **{k: v for k, v in manifest.items() if k not in ('format', 'parts', 'saved_at')},
+    **extra,
     'exported_from': os.path.abspath(source),
     'stored_dtype': dtype,
     'recreate': [c for c in recreate if c],
@@ -117,6 +189,7 @@ def main(argv):
     _DTYPE.value,
     read_quality(_QUALITY.value),
     command,
+    _TOKENIZER.value,
   )
   size = sum(
     os.path.getsize(os.path.join(d, f))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from varrl_jax import fs
 
 
 def _font(size: int):
@@ -56,6 +57,6 @@ def make_grid(
 
 def save_grid(path: str, images: np.ndarray, captions=None, **kw) -> str:
   """Writes `make_grid(...)` to ``path`` (parents created); returns the path."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  make_grid(images, captions, **kw).save(path)
+  fs.makedirs(fs.dirname(path))
+  fs.save_image(path, make_grid(images, captions, **kw))
   return path

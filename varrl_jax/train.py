@@ -24,7 +24,6 @@ orbax checkpoint saves (WORKDIR must be shared, e.g. a gs:// bucket).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 
@@ -35,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from varrl_jax import checkpoint as ckpt_lib
-from varrl_jax import cli, distributed, parallel
+from varrl_jax import cli, distributed, fs, parallel
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
@@ -60,17 +59,19 @@ def _eval(config, model, params, pool, workdir: str, name: str, mesh):
     model, params, config, prompts, pool, progress=False, mesh=mesh
   )
   if distributed.is_main():
-    out = os.path.join(workdir, name)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'metrics.json'), 'w') as f:
-      json.dump({'split': ec.split, 'metrics': report.flat}, f, indent=2)
+    out = fs.join(workdir, name)
+    fs.makedirs(out)
+    fs.write_text(
+      fs.join(out, 'metrics.json'),
+      json.dumps({'split': ec.split, 'metrics': report.flat}, indent=2),
+    )
   return report
 
 
 def _save(config, trainer, workdir: str, name: str, update: int, metrics: dict) -> str:
   from varrl_jax import checkpoint as ckpt_lib
 
-  path = os.path.join(workdir, 'checkpoints', name)
+  path = fs.join(workdir, 'checkpoints', name)
   ckpt_lib.save_params(
     path,
     trainer.params,
@@ -176,8 +177,9 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
       # Of the rows whose images are in this process, the one with most boxes.
       j = int(np.argmax([len(scored.boxes[r]) for r in ro.local_rows]))
       mask = trainer.mask_rows([scored.boxes[ro.local_rows[j]]], 1)[0]
-      mask_viz.mask_panels(ro.images[j], mask, model.schedule).save(
-        os.path.join(workdir, 'masks.png')
+      fs.save_image(
+        fs.join(workdir, 'masks.png'),
+        mask_viz.mask_panels(ro.images[j], mask, model.schedule),
       )
     done = update + 1
     if done % config.checkpoint.every == 0 or done == rl.num_updates or stop.signum:
@@ -215,7 +217,8 @@ def train(config, workdir: str, pool=None) -> dict:
     jax.process_count(),
     jax.process_index(),
   )
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
   writer = MetricWriter(workdir)
 
   with pool if pool is not None else make_pool(config) as pool:
@@ -226,7 +229,7 @@ def train(config, workdir: str, pool=None) -> dict:
     )
     trainer = loop.Trainer(config, model, params, pool, mesh)
     states = ckpt_lib.TrainCheckpoints(
-      os.path.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
+      fs.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
     )
     try:
       start = _resume(config, trainer, states) if config.checkpoint.resume else 0
@@ -245,7 +248,7 @@ def train(config, workdir: str, pool=None) -> dict:
 
   n = min(len(before.grid_images), 8)
   grid = images_lib.save_grid(
-    os.path.join(workdir, 'before_after.png'),
+    fs.join(workdir, 'before_after.png'),
     np.concatenate([before.grid_images[:n], after.grid_images[:n]]),
     [f'before\n{c}' for c in evaluator.grid_captions(before.records, n)]
     + [f'after\n{c}' for c in evaluator.grid_captions(after.records, n)],

@@ -2,7 +2,9 @@
 
 One JSON object per logged step (``{"step": 100, "loss": 0.31, ...}``), easy
 to read back with pandas or `read_jsonl`; the same scalars go to a
-tensorboardX event file in the same folder. Other processes of a multi-host
+tensorboardX event file in the same folder. ``logdir`` may be a ``gs://``
+URL (see `varrl_jax.fs`; tensorboardX writes there with
+google-cloud-storage). Other processes of a multi-host
 job get a writer that does nothing, so callers need no ``if``.
 """
 
@@ -10,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 
 import jax
+
+from varrl_jax import fs
 
 
 class MetricWriter:
@@ -27,8 +30,8 @@ class MetricWriter:
     self._file = None
     if not self.enabled:
       return
-    os.makedirs(logdir, exist_ok=True)
-    self._file = open(os.path.join(logdir, 'metrics.jsonl'), 'a')
+    fs.makedirs(logdir)
+    self._file = fs.TextAppender(fs.join(logdir, 'metrics.jsonl'))
     if tensorboard:
       # Imported here: it costs seconds and only writers need it.
       from tensorboardX import SummaryWriter
@@ -60,5 +63,4 @@ class MetricWriter:
 
 def read_jsonl(path: str) -> list[dict]:
   """All records of a ``metrics.jsonl`` file."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]

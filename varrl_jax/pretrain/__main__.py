@@ -40,12 +40,14 @@ def main(argv):
   command = shlex.join(['python', '-m', 'varrl_jax.pretrain', *sys.argv[1:]])
   try:
     build_model(_CONFIG.value)  # config mistakes fail here, in one line
+    if _STAGE.value == 'tokenizer':
+      tokenizer_stage.check_config(_CONFIG.value)
   except ValueError as e:  # ScheduleError included
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   try:
     if _STAGE.value == 'tokenizer':
-      path = tokenizer_stage.train(_CONFIG.value, _WORKDIR.value, command)
+      path = tokenizer_stage.train(_CONFIG.value, _WORKDIR.value, command, config_file)
     else:
       path = transformer_stage.train(
         _CONFIG.value, _WORKDIR.value, command, config_file

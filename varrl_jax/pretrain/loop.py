@@ -67,6 +67,15 @@ def make_optimizer(
   return adamw, schedule
 
 
+def manifest_recipe(manifest: dict, stage: str, workdir: str, config_file: str):
+  """The commands that made a checkpoint (older manifests: just its command)."""
+  if manifest.get('recipe'):
+    return manifest['recipe']
+  return [
+    manifest.get('command') or checkpoint.recreate_command(stage, workdir, config_file)
+  ]
+
+
 @dataclasses.dataclass
 class LoopSpec:
   """How one stage runs; ``workdir`` is the stage's folder, WORKDIR/<stage>."""

@@ -17,6 +17,12 @@ and ``perplexity`` = exp(-sum_v p_v log p_v) of the chosen codes. A code not
 chosen for ``dead_code_steps`` steps is restarted: set to a random vector the
 quantizer was matched against in this batch (the area-resized residual z_s
 of some scale), plus a little noise, so it is immediately competitive.
+
+Decoder fine-tuning (``pretrain.tokenizer.trainable='decoder'`` with
+``init_from``): only the pixel decoder is differentiated and updated; the
+encoder, codebook and phi convolutions (everything that decides the token
+ids) stay bit-identical and dead-code restarts are off, so a transformer
+trained on the old ids stays valid with the sharper decoder.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from varrl_jax import checkpoint
 from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
@@ -38,10 +45,12 @@ from varrl_jax.models import tokenizer as tok_lib
 from varrl_jax.models.var import VarModel, build_model
 from varrl_jax.pretrain import loop
 
+TRAINABLE = ('all', 'decoder')
+
 
 class TokenizerState(NamedTuple):
   params: Any  # the tokenizer's variables, {'params': ...}
-  opt_state: Any
+  opt_state: Any  # over trainable_part(params)
   last_used: jnp.ndarray  # int32 [V]: last step each code was chosen
   step: jnp.ndarray  # int32 []: updates done
 
@@ -102,6 +111,32 @@ def restart_dead_codes(
   return codebook_vc, last_used_v, jnp.sum(dead_v)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key for a bad ``pretrain.tokenizer`` setting."""
+  sc = config.pretrain.tokenizer
+  if sc.trainable not in TRAINABLE:
+    raise ValueError(
+      f'config.pretrain.tokenizer.trainable={sc.trainable!r}; expected one of {TRAINABLE}'
+    )
+  if sc.trainable == 'decoder' and not sc.init_from:
+    raise ValueError(
+      "config.pretrain.tokenizer.trainable='decoder' fine-tunes a trained decoder: "
+      'set config.pretrain.tokenizer.init_from to the tokenizer checkpoint'
+    )
+
+
+def trainable_part(params, trainable: str):
+  """The subtree of the tokenizer variables that ``trainable`` updates."""
+  return params if trainable == 'all' else params['params']['decoder']
+
+
+def with_trainable(params, part, trainable: str):
+  """``params`` with its trainable subtree replaced by ``part``."""
+  if trainable == 'all':
+    return part
+  return {**params, 'params': {**params['params'], 'decoder': part}}
+
+
 def make_train_step(
   model: VarModel,
   optimizer: optax.GradientTransformation,
@@ -111,7 +146,10 @@ def make_train_step(
   tokenizer = model.tokenizer
   vocab = tokenizer.codebook_size
   ink_weight = float(sc.ink_weight)
+  trainable = sc.trainable
   threshold, noise = int(sc.dead_code_steps), float(sc.restart_noise)
+  if trainable != 'all':
+    threshold = 0  # a restarted code would change the token ids
 
   def loss_fn(params, x):
     (logits, vq_loss, ids), inter = tokenizer.apply(
@@ -130,9 +168,14 @@ def make_train_step(
   def step_fn(state: TokenizerState, batch: dict, key: jax.Array):
     key = jax.random.fold_in(key, state.step)
     x = batch['images'].astype(jnp.float32) / 255.0
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    part = trainable_part(state.params, trainable)
+
+    def part_loss(part):
+      return loss_fn(with_trainable(state.params, part, trainable), x)
+
+    (loss, aux), grads = jax.value_and_grad(part_loss, has_aux=True)(part)
+    updates, opt_state = optimizer.update(grads, state.opt_state, part)
+    params = with_trainable(state.params, optax.apply_updates(part, updates), trainable)
 
     counts = code_counts(aux['ids'], vocab)
     last_used = jnp.where(counts > 0, state.step, state.last_used)
@@ -173,11 +216,13 @@ def reconstruct_by_scale(model: VarModel, tok_params, images_u8) -> jnp.ndarray:
   return jnp.stack(outs, axis=1)
 
 
-def init_state(model: VarModel, optimizer, params) -> TokenizerState:
+def init_state(
+  model: VarModel, optimizer, params, trainable: str = 'all'
+) -> TokenizerState:
   """The step-0 state around the tokenizer variables ``params``."""
   state = TokenizerState(
     params=params,
-    opt_state=optimizer.init(params),
+    opt_state=optimizer.init(trainable_part(params, trainable)),
     last_used=jnp.zeros((model.tokenizer.codebook_size,), jnp.int32),
     step=jnp.zeros((), jnp.int32),
   )
@@ -185,15 +230,38 @@ def init_state(model: VarModel, optimizer, params) -> TokenizerState:
   return jax.device_put(state, jax.devices()[0])
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
-  """Runs the tokenizer stage in WORKDIR/tokenizer; returns the final checkpoint."""
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  command: str,
+  config_file: str = 'configs/tiny.py',
+) -> str:
+  """Runs the tokenizer stage in WORKDIR/tokenizer; returns the final checkpoint.
+
+  Raises:
+    ValueError: a bad ``pretrain.tokenizer`` setting (`check_config`).
+    checkpoint.CheckpointError: ``init_from`` is missing or unusable.
+  """
+  check_config(config)
   pc, sc = config.pretrain, config.pretrain.tokenizer
   model = build_model(config)
   variety = synthetic.Variety.from_config(config.data)
   stage_dir = os.path.join(workdir, 'tokenizer')
   optimizer, schedule = loop.make_optimizer(sc)
-  params = model.init_part(jax.random.key(config.seed), 'tokenizer')
-  state = init_state(model, optimizer, params)
+  recipe = []
+  if sc.init_from:
+    params = checkpoint.load_params(
+      sc.init_from, model, ('tokenizer',), config=config.to_dict()
+    )['tokenizer']
+    recipe = list(
+      loop.manifest_recipe(
+        checkpoint.read_manifest(sc.init_from), 'tokenizer', workdir, config_file
+      )
+    )
+  else:
+    params = model.init_part(jax.random.key(config.seed), 'tokenizer')
+  recipe.append(command)
+  state = init_state(model, optimizer, params, sc.trainable)
   train_step = make_train_step(model, optimizer, sc)
   base_key = jax.random.key(config.seed)
 
@@ -243,8 +311,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, command: str) -> str:
     manifest={
       'config': config.to_dict(),
       'command': command,
-      'recipe': [command],
+      'recipe': recipe,
       'data_seed': pc.data_seed,
+      'init_from': os.path.abspath(sc.init_from) if sc.init_from else '',
+      'trainable': sc.trainable,
     },
   )
   return loop.train_loop(

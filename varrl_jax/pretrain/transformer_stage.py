@@ -96,15 +96,6 @@ def make_train_step(
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def _manifest_recipe(manifest: dict, stage: str, workdir: str, config_file: str):
-  """The commands that made a checkpoint (older manifests: just its command)."""
-  if manifest.get('recipe'):
-    return manifest['recipe']
-  return [
-    manifest.get('command') or checkpoint.recreate_command(stage, workdir, config_file)
-  ]
-
-
 def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the stage reads its tokenizer (config, else the tokenizer stage's output)."""
   return config.pretrain.transformer.tokenizer_checkpoint or os.path.join(
@@ -136,7 +127,7 @@ def train(
   stage_dir = os.path.join(workdir, 'transformer')
   optimizer, schedule = loop.make_optimizer(sc)
   recipe = list(
-    _manifest_recipe(
+    loop.manifest_recipe(
       checkpoint.read_manifest(tok_path), 'tokenizer', workdir, config_file
     )
   )
@@ -144,7 +135,7 @@ def train(
     params = checkpoint.load_params(
       sc.init_from, model, ('transformer',), config=config.to_dict()
     )['transformer']
-    before = _manifest_recipe(
+    before = loop.manifest_recipe(
       checkpoint.read_manifest(sc.init_from), 'transformer', workdir, config_file
     )
     recipe += [c for c in before if c not in recipe]
