@@ -23,6 +23,7 @@ CORE = [
   'pillow>=10.0',
   'tqdm>=4.66',
   'tensorboardX>=2.6',
+  'etils[epath]>=1.5',  # varrl_jax/fs.py (also an orbax dependency)
   # Ships the DejaVu fonts the synthetic data renders with (pinned: same
   # glyphs, same images for a seed).
   'matplotlib==3.11.2',
@@ -44,6 +45,8 @@ TEST = [
   'nbclient>=0.10',
   'nbformat>=5.10',
   'ipykernel>=6.29',
+  # tests/test_fs.py registers a fake GCS filesystem with fsspec.
+  'fsspec>=2024.6',
 ]
 
 # libtpu for TPU VMs and for ahead-of-time TPU compiles on a CPU host
