@@ -188,6 +188,24 @@ def test_sweep_writes_records_skips_them_and_reports_failures(tmp_path):
   assert len(result.failed) == 1 and 'other overrides' in result.failed[0][1]
 
 
+def test_records_from_other_starting_weights_are_not_reused(tmp_path):
+  config = toy_config()
+  ckpt = tmp_path / 'ckpt'
+  ckpt.mkdir()
+  (ckpt / 'manifest.json').write_text('{"parts": [], "saved_at": "monday"}')
+  config.init_checkpoint = str(ckpt)
+  runs = studies.plan('table4a', config, seeds=1, budget_updates=2, only=('vmr',))
+  ablate.sweep(config, runs, str(tmp_path / 'w'), train_fn=FakeTrain())
+  rec = json.loads((tmp_path / 'w/table4a/vmr/seed0/record.json').read_text())
+  assert rec['weights_fingerprint'] == ablate.weights_fingerprint(config)
+  # Same path, re-exported weights (a new manifest): a conflict, no reuse.
+  (ckpt / 'manifest.json').write_text('{"parts": [], "saved_at": "tuesday"}')
+  fake = FakeTrain()
+  result = ablate.sweep(config, runs, str(tmp_path / 'w'), train_fn=fake)
+  assert fake.calls == [] and 'other starting weights' in result.failed[0][1]
+  assert ablate.weights_fingerprint(toy_config()) == 'random init'
+
+
 def test_run_study_exit_code_report_and_time_limit(tmp_path, capsys):
   config = toy_config()
   kw = dict(seeds=2, budget_updates=2, train_fn=FakeTrain(crash=['K2/seed0']))

@@ -40,6 +40,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from varrl_jax import fs
 from varrl_jax.experiments import aggregate, studies
 from varrl_jax.experiments.studies import Run
 
@@ -105,6 +106,23 @@ def config_fingerprint(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_fingerprint(config) -> str:
+  """A short hash of the manifest of the checkpoint the runs start from.
+
+  Any re-export (another decoder, more pretraining) writes a new manifest,
+  so records made from other weights are told apart even when the config,
+  and so ``config.init_checkpoint``, is the same. 'random init' without one.
+  """
+  path = config.init_checkpoint
+  if not path:
+    return 'random init'
+  try:
+    text = fs.read_text(fs.join(path, 'manifest.json'))
+  except OSError:
+    return 'unreadable'
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _normalized(overrides: dict) -> dict:
   return json.loads(json.dumps(overrides))
 
@@ -159,6 +177,8 @@ def execute(
     # Of the config before the study's overrides: records made from
     # different base configs do not compare (the report warns).
     'base_config_fingerprint': config_fingerprint(config),
+    # Of the starting weights: records from other weights never mix.
+    'weights_fingerprint': weights_fingerprint(config),
     'command': train_command(run, base_flags, run_dir),
     'git': git_commit(),
     'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
@@ -194,6 +214,7 @@ def sweep(
     train_fn = train_lib.train
   result = SweepResult()
   base_fingerprint = config_fingerprint(config)
+  weights = weights_fingerprint(config)
   start = time.time()
   for i, run in enumerate(runs):
     run_dir = os.path.join(workdir, run.path)
@@ -201,11 +222,19 @@ def sweep(
     if os.path.exists(path):
       with open(path) as f:
         old = json.load(f)
+      old_weights = old.get('weights_fingerprint')
+      why = None
       if old.get('overrides') != _normalized(run.overrides):
         why = (
           f'its record was made with other overrides {old.get("overrides")}; '
           'use another --workdir (or delete the record)'
         )
+      elif old_weights not in (None, weights):
+        why = (
+          f'its record was made from other starting weights ({old_weights}, now '
+          f'{weights}: {config.init_checkpoint} changed); use another --workdir'
+        )
+      if why is not None:
         result.failed.append((run.path, why))
         log(f'[{i + 1}/{len(runs)}] {run.path}: CONFLICT: {why}')
       else:
@@ -213,6 +242,8 @@ def sweep(
         note = ''
         if old.get('base_config_fingerprint') not in (None, base_fingerprint):
           note = ' (WARNING: made from another base config)'
+        elif old_weights is None:
+          note = ' (WARNING: its starting weights were not recorded)'
         log(f'[{i + 1}/{len(runs)}] {run.path}: done before, skipped{note}')
       continue
     if max_minutes is not None and time.time() - start >= 60 * max_minutes:
