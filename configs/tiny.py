@@ -22,8 +22,16 @@ shared host, measured):
       --config.pretrain.transformer.init_from=workdir/pretrain/transformer/checkpoints/final \
       --config.pretrain.data_seed=1 --config.pretrain.transformer.lr=5e-4 \
       --config.pretrain.transformer.steps=500
+  # Sharpen the decoder alone (token ids unchanged, new data): 20 min.
+  python -m varrl_jax.pretrain --config=configs/tiny.py --stage=tokenizer \
+      --workdir=workdir/pretrain3 \
+      --config.pretrain.tokenizer.init_from=workdir/pretrain/tokenizer/checkpoints/final \
+      --config.pretrain.tokenizer.trainable=decoder \
+      --config.pretrain.tokenizer.steps=500 --config.pretrain.tokenizer.lr=5e-4 \
+      --config.pretrain.data_seed=2
   python -m varrl_jax.export --config=configs/tiny.py \
       --source=workdir/pretrain2/transformer/checkpoints/final \
+      --tokenizer=workdir/pretrain3/tokenizer/checkpoints/final \
       --dest=varrl_jax/assets/tiny
 
 ``--config.init_checkpoint=PATH`` loads any other checkpoint.
