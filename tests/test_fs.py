@@ -120,7 +120,9 @@ def test_remote_appender_rewrites_at_most_once_per_interval(gcs):
 
 
 def test_manifest_errors_name_the_url(gcs):
-  with pytest.raises(checkpoint.CheckpointError, match=r'checkpoint gs://bucket/ck: no'):
+  with pytest.raises(
+    checkpoint.CheckpointError, match=r'checkpoint gs://bucket/ck: no'
+  ):
     checkpoint.read_manifest('gs://bucket/ck')
   fs.makedirs('gs://bucket/ck')
   fs.write_text('gs://bucket/ck/manifest.json', '{"parts": ["tokenizer"], "step": 3}')
