@@ -86,10 +86,10 @@ def get_config(arg=None):
   # RL on two cores. OCR is the bottleneck (32 images per update at ~0.5 s
   # each on one thread), so two OCR workers, and two optimizer steps per
   # rollout batch (old log-probs kept, clipped ratio) to use each read twice.
-  # lr 5e-5: from the shipped checkpoint, full mode, 60 updates (~15 min)
-  # took held-out Word Accuracy 0.148 -> 0.352 (128 prompts); 1e-5 moved
-  # nothing in 20 updates and 2e-4 (one step per batch) lost accuracy
-  # (0.19 -> 0.13 in 40 updates, per-token KL ~1).
+  # lr 5e-5: from the shipped checkpoint (before its decoder fine-tune), full
+  # mode, 60 updates (~15 min) took held-out Word Accuracy 0.148 -> 0.352 (128
+  # prompts); 1e-5 moved nothing in 20 updates and 2e-4 (one step per batch) lost
+  # accuracy (0.19 -> 0.13 in 40 updates, per-token KL ~1).
   config.rl.lr = 5e-5
   config.rl.inner_updates = 2
   config.rl.num_updates = 24  # the main command: ~6 min of updates + 2 evals
