@@ -34,14 +34,18 @@ def test_tiny_config_loads_the_shipped_checkpoint():
   manifest = checkpoint.read_manifest(SHIPPED_TINY)
   assert manifest['parts'] == ['tokenizer', 'transformer']
   # The recipe: tokenizer stage, transformer stage(s) (continuations chain
-  # with init_from), export.
+  # with init_from), decoder fine-tunes (token ids unchanged), export.
   recipe = manifest['recreate']
   assert [c.split()[2] for c in recipe] == [
     *['varrl_jax.pretrain'] * (len(recipe) - 1),
     'varrl_jax.export',
   ]
-  assert '--stage=tokenizer' in recipe[0]
-  assert all('--stage=transformer' in c for c in recipe[1:-1]) and len(recipe) >= 3
+  assert '--stage=tokenizer' in recipe[0] and 'trainable=decoder' not in recipe[0]
+  middle = recipe[1:-1]
+  assert any('--stage=transformer' in c for c in middle)
+  assert all('--stage=transformer' in c or 'trainable=decoder' in c for c in middle)
+  if any('trainable=decoder' in c for c in middle):
+    assert '--tokenizer=' in recipe[-1] and manifest['decoder_from']
   size = sum(
     os.path.getsize(os.path.join(d, f))
     for d, _, fs in os.walk(SHIPPED_TINY)
