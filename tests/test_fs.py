@@ -82,12 +82,14 @@ def test_file_operations_on_a_bucket(gcs):
   fs.write_text(fs.join(d, 'metrics.json'), '{"a": 1}')
   image = Image.fromarray(np.full((4, 6, 3), 200, np.uint8))
   fs.save_image(fs.join(d, 'grid.png'), image)
+  fs.save_image(fs.join(d, 'photo.jpg'), image)
   assert fs.isdir(d) and fs.isfile(fs.join(d, 'metrics.json'))
-  assert fs.listdir(d) == ['grid.png', 'metrics.json']
+  assert fs.listdir(d) == ['grid.png', 'metrics.json', 'photo.jpg']
   assert json.loads(fs.read_text(fs.join(d, 'metrics.json'))) == {'a': 1}
   # The objects really are where the bucket keeps them, and the PNG decodes.
   local = gcs / 'bucket' / 'run' / 'eval'
-  assert Image.open(local / 'grid.png').size == (6, 4)
+  assert Image.open(local / 'grid.png').format == 'PNG'
+  assert Image.open(local / 'photo.jpg').format == 'JPEG'
   fs.rmtree('gs://bucket/run')
   assert not fs.exists(d) and not (gcs / 'bucket' / 'run').exists()
 

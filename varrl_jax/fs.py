@@ -115,8 +115,11 @@ def save_image(path: str, image) -> None:
   if not is_url(path):
     image.save(path)
     return
+  from PIL import Image
+
+  ext = os.path.splitext(path)[1].lower()
   buffer = io.BytesIO()
-  image.save(buffer, format=os.path.splitext(path)[1].lstrip('.').upper() or 'PNG')
+  image.save(buffer, format=Image.registered_extensions().get(ext, 'PNG'))
   write_bytes(path, buffer.getvalue())
 
 
