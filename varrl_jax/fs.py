@@ -9,7 +9,7 @@ the OS directly (made absolute, so messages name them fully); URLs
 (``pip install 'varrl_jax[gcs]'`` adds gcsfs). Orbax writes its arrays to
 such URLs itself, through tensorstore.
 
-Object stores have no append and no rename: `append_text` rewrites the
+Object stores have no append and no rename: `TextAppender` rewrites the
 object, and `write_text` writes it in one request (an object appears whole
 or not at all, which is what the local temp-file-and-rename gives).
 """

@@ -94,10 +94,8 @@ def reward_curve(run_dir: str) -> list[list[float]]:
 
 
 def _write_json(path: str, obj: dict) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # a record is complete or absent, never half-written
+  # fs.write_text: a record is complete or absent, never half-written.
+  fs.write_text(path, json.dumps(obj, indent=2))
 
 
 def config_fingerprint(config) -> str:
