@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from varrl_jax.models import conv as conv_lib
 from varrl_jax.models import resize
 from varrl_jax.models.schedule import ScaleSchedule
 
@@ -40,6 +41,20 @@ def _groups(channels: int) -> int:
     if channels % g == 0:
       return g
   return 1
+
+
+def make_conv(features: int, kernel: int, dtype, weight_grad: str) -> nn.Conv:
+  """A SAME-padded square convolution; ``weight_grad='matmul'`` takes
+  `conv.conv_general_dilated` (same parameters, faster weight gradient on CPU)."""
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    padding='SAME',
+    dtype=dtype,
+    conv_general_dilated=(
+      conv_lib.conv_general_dilated if weight_grad == 'matmul' else None
+    ),
+  )
 
 
 def space_to_depth(x: jnp.ndarray, r: int = 2) -> jnp.ndarray:
@@ -57,10 +72,11 @@ def depth_to_space(x: jnp.ndarray, r: int = 2) -> jnp.ndarray:
 class ResBlock(nn.Module):
   channels: int
   dtype: jnp.dtype = jnp.float32
+  weight_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda c, k=3: nn.Conv(c, (k, k), padding='SAME', dtype=self.dtype)  # noqa: E731
+    conv = lambda c, k=3: make_conv(c, k, self.dtype, self.weight_grad)  # noqa: E731
     h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
     h = conv(self.channels)(h)
     h = nn.silu(nn.GroupNorm(_groups(self.channels), dtype=self.dtype)(h))
@@ -75,19 +91,21 @@ class Encoder(nn.Module):
   num_res_blocks: int
   latent_dim: int
   dtype: jnp.dtype = jnp.float32
+  weight_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.channels[0], (3, 3), padding='SAME', dtype=self.dtype)(x)
+    conv = lambda c: make_conv(c, 3, self.dtype, self.weight_grad)  # noqa: E731
+    x = conv(self.channels[0])(x)
     for level in range(len(self.channels) - 1):
       for _ in range(self.num_res_blocks):
-        x = ResBlock(self.channels[level], self.dtype)(x)
+        x = ResBlock(self.channels[level], self.dtype, self.weight_grad)(x)
       x = space_to_depth(x)
-      x = nn.Conv(self.channels[level + 1], (3, 3), padding='SAME', dtype=self.dtype)(x)
+      x = conv(self.channels[level + 1])(x)
     for _ in range(self.num_res_blocks):
-      x = ResBlock(self.channels[-1], self.dtype)(x)
+      x = ResBlock(self.channels[-1], self.dtype, self.weight_grad)(x)
     x = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
-    return nn.Conv(self.latent_dim, (3, 3), padding='SAME', dtype=self.dtype)(x)
+    return conv(self.latent_dim)(x)
 
 
 class Decoder(nn.Module):
@@ -95,19 +113,21 @@ class Decoder(nn.Module):
   num_res_blocks: int
   out_channels: int = 3
   dtype: jnp.dtype = jnp.float32
+  weight_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, f):
-    x = nn.Conv(self.channels[-1], (3, 3), padding='SAME', dtype=self.dtype)(f)
+    conv = lambda c, dtype=self.dtype: make_conv(c, 3, dtype, self.weight_grad)  # noqa: E731
+    x = conv(self.channels[-1])(f)
     for _ in range(self.num_res_blocks):
-      x = ResBlock(self.channels[-1], self.dtype)(x)
+      x = ResBlock(self.channels[-1], self.dtype, self.weight_grad)(x)
     for level in reversed(range(len(self.channels) - 1)):
-      x = nn.Conv(4 * self.channels[level], (3, 3), padding='SAME', dtype=self.dtype)(x)
+      x = conv(4 * self.channels[level])(x)
       x = depth_to_space(x)
       for _ in range(self.num_res_blocks):
-        x = ResBlock(self.channels[level], self.dtype)(x)
+        x = ResBlock(self.channels[level], self.dtype, self.weight_grad)(x)
     x = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
-    x = nn.Conv(self.out_channels, (3, 3), padding='SAME', dtype=jnp.float32)(x)
+    x = conv(self.out_channels, jnp.float32)(x)
     return x.astype(jnp.float32)
 
 
@@ -115,12 +135,12 @@ class Phi(nn.Module):
   """phi(x) = (1 - rho) x + rho conv3x3(x)."""
 
   ratio: float
+  weight_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
-    return (1.0 - self.ratio) * x + self.ratio * nn.Conv(
-      x.shape[-1], (3, 3), padding='SAME'
-    )(x)
+    conv = make_conv(x.shape[-1], 3, None, self.weight_grad)
+    return (1.0 - self.ratio) * x + self.ratio * conv(x)
 
 
 class MultiScaleVQVAE(nn.Module):
@@ -135,19 +155,24 @@ class MultiScaleVQVAE(nn.Module):
   phi_ratio: float
   beta: float
   dtype: jnp.dtype = jnp.float32
+  # How convolution weight gradients are computed ('matmul' | 'xla'; see
+  # `conv`): the same parameters and numbers up to rounding.
+  weight_grad: str = 'xla'
 
   def setup(self):
     self.encoder = Encoder(
-      self.channels, self.num_res_blocks, self.latent_dim, self.dtype
+      self.channels, self.num_res_blocks, self.latent_dim, self.dtype, self.weight_grad
     )
-    self.decoder = Decoder(self.channels, self.num_res_blocks, 3, self.dtype)
+    self.decoder = Decoder(
+      self.channels, self.num_res_blocks, 3, self.dtype, self.weight_grad
+    )
     self.codebook = self.param(
       'codebook',
       nn.initializers.uniform(scale=2.0 / self.codebook_size),
       (self.codebook_size, self.latent_dim),
     )
     count = self.phi_count if self.phi_count > 0 else self.schedule.num_scales
-    self.phis = [Phi(self.phi_ratio) for _ in range(count)]
+    self.phis = [Phi(self.phi_ratio, self.weight_grad) for _ in range(count)]
 
   def _phi_for_scale(self, s: int) -> Phi:
     count, num = len(self.phis), self.schedule.num_scales
@@ -241,6 +266,7 @@ def build_tokenizer(config: ml_collections.ConfigDict) -> MultiScaleVQVAE:
     phi_ratio=tc.phi_ratio,
     beta=tc.beta,
     dtype=jnp.dtype(tc.dtype),
+    weight_grad=conv_lib.resolve_weight_grad(tc.conv_weight_grad),
   )
 
 

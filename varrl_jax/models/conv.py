@@ -1,0 +1,155 @@
+"""A convolution whose weight gradient is a matmul over image patches.
+
+XLA-CPU computes the forward pass of a 3x3 convolution well but its weight
+gradient dW poorly: at batch 16, 40x160 and 32 -> 32 channels, forward 33 ms
+and forward + dW 390 ms on this project's 2-core host. The patch matmul
+below is steadier but only somewhat faster in the whole tokenizer step:
+``benchmarks/tokenizer_step.py`` measured 1.08x-1.33x over four side-by-side
+runs (medians 1.9-2.3 s vs 2.2-3.0 s per step; XLA's own path varied most).
+For a stride-1 NHWC/HWIO convolution with kernel (kh, kw) and explicit
+padding,
+
+    dW[i, j, c, o] = sum_{b, y, x} xpad[b, y + i, x + j, c] * g[b, y, x, o],
+
+which is one matmul [kh kw C, B H W] x [B H W, O] over the stacked patches of
+the padded input. `conv_general_dilated` below has the signature of
+``lax.conv_general_dilated`` (so it plugs into ``nn.Conv(conv_general_dilated=
+...)`` and leaves parameter names and shapes unchanged); it computes the
+forward pass and the input gradient with XLA's convolution and the weight
+gradient with that matmul. Other layouts, strides, dilations and groups fall
+through to ``lax.conv_general_dilated`` unchanged.
+
+The tokenizer picks it with ``config.tokenizer.conv_weight_grad``: 'matmul',
+'xla', or 'auto' (the matmul on the CPU backend, XLA's elsewhere: TPU and
+GPU convolutions have fast weight gradients, and the patches cost kh kw
+times the input's memory). RL never differentiates the tokenizer, so this
+only affects tokenizer pretraining.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+WEIGHT_GRADS = ('auto', 'matmul', 'xla')
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_weight_grad(choice: str) -> str:
+  """'auto' -> 'matmul' on the CPU backend, else 'xla'; checks the choice."""
+  if choice not in WEIGHT_GRADS:
+    raise ValueError(
+      f'config.tokenizer.conv_weight_grad={choice!r}; expected one of {WEIGHT_GRADS}'
+    )
+  if choice == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return choice
+
+
+def _plain(x, w, pads, precision):
+  return lax.conv_general_dilated(
+    x, w, (1, 1), pads, dimension_numbers=_NHWC, precision=precision
+  )
+
+
+def patches(x_bhwc: jnp.ndarray, kh: int, kw: int, pads, out_hw) -> jnp.ndarray:
+  """[B, H_out, W_out, kh * kw * C]: the input window of every output pixel.
+
+  Tap order (i, j, c), row-major, matches an HWIO kernel reshaped to
+  [kh * kw * C, O].
+  """
+  xp = jnp.pad(x_bhwc, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  ho, wo = out_hw
+  taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(taps, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_dw(x, w, pads, precision):
+  return _plain(x, w, pads, precision)
+
+
+def _fwd(x, w, pads, precision):
+  return _plain(x, w, pads, precision), (x, w)
+
+
+def _bwd(pads, precision, res, g):
+  x, w = res
+  kh, kw, c, o = w.shape
+  _, vjp_x = jax.vjp(lambda x: _plain(x, w, pads, precision), x)
+  (dx,) = vjp_x(g)
+  p = patches(x, kh, kw, pads, g.shape[1:3]).reshape(-1, kh * kw * c)
+  dw = jnp.matmul(p.T, g.reshape(-1, o), precision=precision)
+  return dx, dw.reshape(kh, kw, c, o).astype(w.dtype)
+
+
+_conv_matmul_dw.defvjp(_fwd, _bwd)
+
+
+def _explicit_pads(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], ...] | None:
+  if isinstance(padding, str):
+    if padding.upper() not in ('SAME', 'VALID'):
+      return None
+    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, (1, 1), padding.upper()))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+):
+  """``lax.conv_general_dilated`` with the patch-matmul weight gradient.
+
+  Used for 2-D, stride-1, undilated, ungrouped NHWC/HWIO convolutions (what
+  flax's ``nn.Conv`` issues for the tokenizer); anything else goes to
+  ``lax.conv_general_dilated`` as is.
+  """
+  simple = (
+    lhs.ndim == 4
+    and tuple(window_strides) == (1, 1)
+    and all(d in (None, 1) for d in (lhs_dilation or (None,)))
+    and all(d in (None, 1) for d in (rhs_dilation or (None,)))
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and preferred_element_type is None
+    and _is_nhwc(dimension_numbers)
+  )
+  pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[:2]) if simple else None
+  if pads is None:
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
+  return _conv_matmul_dw(lhs, rhs, pads, precision)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return dimension_numbers == lax.conv_dimension_numbers(
+      (1, 1, 1, 1), (1, 1, 1, 1), _NHWC
+    )
+  return tuple(dimension_numbers) == _NHWC
