@@ -206,6 +206,15 @@ def test_records_from_other_starting_weights_are_not_reused(tmp_path):
   assert ablate.weights_fingerprint(toy_config()) == 'random init'
 
 
+def test_config_fingerprint_ignores_only_settings_that_cannot_change_a_run():
+  config = toy_config()
+  base = ablate.config_fingerprint(config)
+  config.tokenizer.conv_weight_grad = 'xla'  # RL never differentiates the tokenizer
+  assert ablate.config_fingerprint(config) == base
+  config.rl.lr = config.rl.lr * 2
+  assert ablate.config_fingerprint(config) != base
+
+
 def test_run_study_exit_code_report_and_time_limit(tmp_path, capsys):
   config = toy_config()
   kw = dict(seeds=2, budget_updates=2, train_fn=FakeTrain(crash=['K2/seed0']))

@@ -98,9 +98,18 @@ def _write_json(path: str, obj: dict) -> None:
   fs.write_text(path, json.dumps(obj, indent=2))
 
 
+# Settings that cannot change an RL run's numbers, left out of the fingerprint
+# so that adding one does not set records apart: how the tokenizer's conv
+# weight gradients are computed (RL never differentiates the tokenizer).
+UNFINGERPRINTED = (('tokenizer', 'conv_weight_grad'),)
+
+
 def config_fingerprint(config) -> str:
-  """A short hash of every value of ``config``."""
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  """A short hash of every value of ``config`` but `UNFINGERPRINTED`."""
+  values = config.to_dict()
+  for section, key in UNFINGERPRINTED:
+    values.get(section, {}).pop(key, None)
+  text = json.dumps(values, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
