@@ -49,10 +49,13 @@ def build(config, weight_grad: str, trainable: str):
   model = build_model(config)
   sc = config.pretrain.tokenizer
   optimizer, _ = loop.make_optimizer(sc)
-  params = model.init_part(jax.random.key(config.seed), 'tokenizer')
-  return stage.make_train_step(model, optimizer, sc), lambda: stage.init_state(
-    model, optimizer, params, trainable
-  )
+
+  def init():
+    # Fresh buffers each time: the step donates its state.
+    params = model.init_part(jax.random.key(config.seed), 'tokenizer')
+    return stage.init_state(model, optimizer, params, trainable)
+
+  return stage.make_train_step(model, optimizer, sc), init
 
 
 def main(argv):
