@@ -11,8 +11,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+def _run(*args, timeout=300, env=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
   return subprocess.run(
     [
       sys.executable,
@@ -83,3 +83,23 @@ def test_sample_writes_a_grid(tmp_path):
   assert 'image grid written to' in proc.stdout
   img = np.asarray(Image.open(tmp_path / 'samples.png'))
   assert img.ndim == 3 and img.shape[0] >= 64
+
+
+def test_compilation_cache_is_written_then_hit(tmp_path):
+  """--config.compilation_cache_dir: the first run writes the sampler, the second reads it."""
+  cache = tmp_path / 'cache'
+  args = (
+    f'--workdir={tmp_path / "out"}',
+    '--num_per_prompt=1',
+    "--prompt=a sign that reads 'OPEN'",
+    f'--config.compilation_cache_dir={cache}',
+  )
+  first = _run(*args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  entries = sorted(p.name for p in cache.iterdir() if p.name.startswith('jit_'))
+  assert any(name.startswith('jit__sample_impl') for name in entries), entries
+  env = {'JAX_DEBUG_LOG_MODULES': 'jax._src.compiler'}
+  second = _run(*args, env=env)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "Persistent compilation cache hit for 'jit__sample_impl'" in second.stderr
+  assert "CACHE MISS for 'jit__sample_impl'" not in second.stderr

@@ -75,6 +75,23 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(2)
 
 
+def setup_compilation_cache(config) -> str:
+  """Turns on JAX's persistent compilation cache at ``config.compilation_cache_dir``.
+
+  Call before the first compile. Returns the directory ('' = left off).
+  """
+  path = config.get('compilation_cache_dir', '')
+  if not path:
+    return ''
+  if '://' not in path:
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(path, exist_ok=True)
+  import jax
+
+  jax.config.update('jax_compilation_cache_dir', path)
+  return path
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
   """Exceptions that mean bad input, not a bug: reported as one line."""
   from varrl_jax.checkpoint import CheckpointError

@@ -120,6 +120,7 @@ def run(
 
 def main(argv):
   del argv
+  cli.setup_compilation_cache(_CONFIG.value)
   cli.run_reporting_errors(
     run,
     _CONFIG.value,

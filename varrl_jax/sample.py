@@ -132,6 +132,7 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
 
 def main(argv):
   del argv
+  cli.setup_compilation_cache(_CONFIG.value)
   cli.run_reporting_errors(
     run,
     _CONFIG.value,

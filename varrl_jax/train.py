@@ -267,6 +267,7 @@ def train(config, workdir: str, pool=None) -> dict:
 
 def main(argv):
   del argv
+  cli.setup_compilation_cache(_CONFIG.value)
   # Before any JAX computation: a multi-host job joins its processes here.
   cli.run_reporting_errors(distributed.initialize, _CONFIG.value)
   cli.run_reporting_errors(train, _CONFIG.value, _WORKDIR.value)

@@ -210,6 +210,7 @@ def test_config_fingerprint_ignores_only_settings_that_cannot_change_a_run():
   config = toy_config()
   base = ablate.config_fingerprint(config)
   config.tokenizer.conv_weight_grad = 'xla'  # RL never differentiates the tokenizer
+  config.compilation_cache_dir = '/tmp/somewhere'
   assert ablate.config_fingerprint(config) == base
   config.rl.lr = config.rl.lr * 2
   assert ablate.config_fingerprint(config) != base

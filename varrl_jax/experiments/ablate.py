@@ -100,15 +100,20 @@ def _write_json(path: str, obj: dict) -> None:
 
 # Settings that cannot change an RL run's numbers, left out of the fingerprint
 # so that adding one does not set records apart: how the tokenizer's conv
-# weight gradients are computed (RL never differentiates the tokenizer).
-UNFINGERPRINTED = (('tokenizer', 'conv_weight_grad'),)
+# weight gradients are computed (RL never differentiates the tokenizer) and
+# where compiled programs are cached.
+UNFINGERPRINTED = ('tokenizer.conv_weight_grad', 'compilation_cache_dir')
 
 
 def config_fingerprint(config) -> str:
   """A short hash of every value of ``config`` but `UNFINGERPRINTED`."""
   values = config.to_dict()
-  for section, key in UNFINGERPRINTED:
-    values.get(section, {}).pop(key, None)
+  for dotted in UNFINGERPRINTED:
+    *parents, key = dotted.split('.')
+    node = values
+    for part in parents:
+      node = node.get(part, {})
+    node.pop(key, None)
   text = json.dumps(values, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -396,6 +401,7 @@ def main(argv) -> None:
 
   from varrl_jax import cli
 
+  cli.setup_compilation_cache(flags.FLAGS.config)
   code = cli.run_reporting_errors(
     run_study,
     flags.FLAGS.config,

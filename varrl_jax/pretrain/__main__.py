@@ -38,6 +38,7 @@ def main(argv):
   config_file = config_flags.get_config_filename(flags.FLAGS['config'])
   # Recorded in every manifest: the exact command that recreates the checkpoint.
   command = shlex.join(['python', '-m', 'varrl_jax.pretrain', *sys.argv[1:]])
+  cli.setup_compilation_cache(_CONFIG.value)
   try:
     build_model(_CONFIG.value)  # config mistakes fail here, in one line
     if _STAGE.value == 'tokenizer':
