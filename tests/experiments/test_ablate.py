@@ -362,3 +362,74 @@ def test_one_real_run_of_the_smallest_study(tmp_path):
   assert (tmp_path / 'table3a.md').exists() and (
     tmp_path / 'table3a_reward.png'
   ).exists()
+
+
+def test_a_run_with_the_same_config_and_seed_takes_the_finished_record(tmp_path):
+  """tiny's defaults are Table 5's K = 2: that run is Table 4a's full method."""
+  config = toy_config()
+  assert config.rl.vmr.num_branches == 2 and config.rl.mode == 'full'
+  full = studies.plan(
+    'table4a', config, seeds=2, budget_updates=2, only=('vmr+panw+mp',)
+  )
+  ablate.sweep(config, full, str(tmp_path), train_fn=FakeTrain())
+
+  fake, lines = FakeTrain(), []
+  runs = studies.plan('table5', config, seeds=2, budget_updates=2)
+  result = ablate.sweep(config, runs, str(tmp_path), train_fn=fake, log=lines.append)
+  trained = sorted(os.path.relpath(p, tmp_path) for p in fake.calls)
+  assert trained == [
+    'table5/K1/seed0',
+    'table5/K1/seed1',
+    'table5/K4/seed0',
+    'table5/K4/seed1',
+  ]
+  assert result.reused == [
+    ('table5/K2/seed0', 'table4a/vmr+panw+mp/seed0'),
+    ('table5/K2/seed1', 'table4a/vmr+panw+mp/seed1'),
+  ]
+  src = json.loads((tmp_path / 'table4a/vmr+panw+mp/seed1/record.json').read_text())
+  rec = json.loads((tmp_path / 'table5/K2/seed1/record.json').read_text())
+  assert rec['same_config_as'] == 'table4a/vmr+panw+mp/seed1'
+  assert (rec['study'], rec['run'], rec['seed']) == ('table5', 'K2', 1)
+  assert rec['overrides'] == {
+    'rl.mode': 'full',
+    'rl.vmr.num_branches': 2,
+    'seed': 1,
+    'rl.num_updates': 2,
+  }
+  for key in (
+    'word_accuracy_after',
+    'ned_after',
+    'reward_curve',
+    'wall_seconds',
+    'git',
+  ):
+    assert rec[key] == src[key]
+  assert any('same config and seed as table4a/vmr+panw+mp/seed0' in x for x in lines)
+  table = aggregate.markdown(
+    'table5',
+    aggregate.aggregate(aggregate.load_records(str(tmp_path), 'table5')),
+    aggregate.load_records(str(tmp_path), 'table5'),
+  )
+  assert 'K2 (seeds 0, 1) is the same config and seed as table4a/vmr+panw+mp' in table
+
+  # The next sitting skips the copies like any record; a copy is never a source.
+  fake2 = FakeTrain()
+  result = ablate.sweep(config, runs, str(tmp_path), train_fn=fake2)
+  assert fake2.calls == [] and len(result.skipped) == 6
+  sources = ablate.finished_runs(
+    config, str(tmp_path), ablate.weights_fingerprint(config)
+  ).values()
+  assert 'table5/K1/seed0' in sources and not any('K2' in p for p in sources)
+
+  # Another budget is another config: trained, not copied; and the flag turns
+  # reuse off.
+  other = studies.plan('table5', config, seeds=1, budget_updates=3, only=('K2',))
+  fake3 = FakeTrain()
+  ablate.sweep(config, other, str(tmp_path / 'b3'), train_fn=fake3)
+  assert len(fake3.calls) == 1
+  fake4 = FakeTrain()
+  runs4 = studies.plan('table3b', config, seeds=1, budget_updates=2, only=('alpha0.6',))
+  assert config.rl.panw.alpha == 0.6
+  ablate.sweep(config, runs4, str(tmp_path), train_fn=fake4, reuse_same_config=False)
+  assert len(fake4.calls) == 1

@@ -21,14 +21,24 @@ Resumable: each finished run writes ``WORKDIR/STUDY/RUN/seedS/record.json``
 commit); a run with a record is skipped. A run that crashes writes no
 record; the sweep goes on with the next and exits with code 1 listing the
 failures. A run interrupted mid-way resumes from its own train-state
-checkpoint (`varrl_jax.train` exact resume). After the runs (and with
+checkpoint (`varrl_jax.train` exact resume).
+
+Same config, same run: a run whose full config (base config + overrides,
+seed included) and starting weights equal those of a finished run of any
+study in the workdir is not trained again; its record is that run's,
+copied under the new path with ``same_config_as`` naming the source (on
+tiny, the full method at seed s is also Table 3a's default m, 3b's alpha
+0.6, 5's K = 2 and 4b's 3:1 at seed s), and the report says so.
+``--noreuse_same_config`` trains it anyway. After the runs (and with
 ``--report`` alone) the records are aggregated into ``WORKDIR/STUDY.md``
 and ``WORKDIR/STUDY_reward.png`` (`varrl_jax.experiments.aggregate`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -51,6 +61,9 @@ class SweepResult:
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
   not_started: list[str] = dataclasses.field(default_factory=list)  # out of time
+  reused: list[tuple[str, str]] = dataclasses.field(
+    default_factory=list
+  )  # (path, source)
 
 
 def git_commit() -> dict | None:
@@ -135,6 +148,45 @@ def weights_fingerprint(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def run_fingerprint(config, overrides: dict) -> str:
+  """`config_fingerprint` of the config a run trains with (base + overrides)."""
+  return config_fingerprint(studies.apply_overrides(config, overrides))
+
+
+def finished_runs(config, workdir: str, weights: str) -> dict[str, str]:
+  """{run fingerprint: run path} of the trained (not copied) runs in ``workdir``
+  made from this base config and these starting weights."""
+  base = config_fingerprint(config)
+  out = {}
+  pattern = os.path.join(workdir, '*', '*', 'seed*', 'record.json')
+  for path in sorted(glob.glob(pattern)):
+    try:
+      with open(path) as f:
+        rec = json.load(f)
+      if rec.get('same_config_as') or rec.get('weights_fingerprint') != weights:
+        continue
+      if rec.get('base_config_fingerprint') != base:
+        continue
+      key = run_fingerprint(config, rec['overrides'])
+    except (OSError, ValueError, KeyError, AttributeError):
+      continue  # unreadable or from another config layout: never a source
+    out.setdefault(key, os.path.relpath(os.path.dirname(path), workdir))
+  return out
+
+
+def copied_record(source: dict, run: Run, source_path: str) -> dict:
+  """``source``'s record as the record of ``run`` (same config and seed)."""
+  record = copy.deepcopy(source)
+  record.update(
+    study=run.study,
+    run=run.name,
+    seed=run.seed,
+    overrides=_normalized(run.overrides),
+    same_config_as=source_path,
+  )
+  return record
+
+
 def _normalized(overrides: dict) -> dict:
   return json.loads(json.dumps(overrides))
 
@@ -212,6 +264,7 @@ def sweep(
   max_minutes: float | None = None,
   base_flags: tuple[str, ...] = (),
   log: Callable[[str], None] = print,
+  reuse_same_config: bool = True,
 ) -> SweepResult:
   """Runs every run without a record; see the module doc.
 
@@ -227,6 +280,7 @@ def sweep(
   result = SweepResult()
   base_fingerprint = config_fingerprint(config)
   weights = weights_fingerprint(config)
+  finished = finished_runs(config, workdir, weights) if reuse_same_config else {}
   start = time.time()
   for i, run in enumerate(runs):
     run_dir = os.path.join(workdir, run.path)
@@ -258,6 +312,19 @@ def sweep(
           note = ' (WARNING: its starting weights were not recorded)'
         log(f'[{i + 1}/{len(runs)}] {run.path}: done before, skipped{note}')
       continue
+    key = run_fingerprint(config, run.overrides)
+    source = finished.get(key)
+    if source is not None and source != run.path:
+      with open(os.path.join(workdir, source, 'record.json')) as f:
+        record = copied_record(json.load(f), run, source)
+      fs.makedirs(run_dir)
+      _write_json(path, record)
+      result.reused.append((run.path, source))
+      log(
+        f'[{i + 1}/{len(runs)}] {run.path}: same config and seed as {source}: '
+        'its record reused'
+      )
+      continue
     if max_minutes is not None and time.time() - start >= 60 * max_minutes:
       result.not_started.append(run.path)
       continue
@@ -272,6 +339,7 @@ def sweep(
       continue
     _write_json(path, record)
     result.done.append(run.path)
+    finished.setdefault(key, run.path)
     log(
       f'[{i + 1}/{len(runs)}] {run.path}: WA {record["word_accuracy_before"]:.4f} -> '
       f'{record["word_accuracy_after"]:.4f}  NED {record["ned_before"]:.4f} -> '
@@ -335,6 +403,12 @@ def _define_flags():
   _FLAGS['report'] = flags.DEFINE_bool(
     'report', False, 'Only aggregate the existing records.'
   )
+  _FLAGS['reuse_same_config'] = flags.DEFINE_bool(
+    'reuse_same_config',
+    True,
+    'A run with the same config, seed and weights as a finished run of any '
+    'study takes its record (marked same_config_as) instead of training again.',
+  )
   flags.mark_flags_as_required(['config', 'study'])
 
 
@@ -363,6 +437,7 @@ def run_study(
   base_flags: tuple[str, ...] = (),
   train_fn: Callable | None = None,
   pool_factory: Callable | None = None,
+  reuse_same_config: bool = True,
 ) -> int:
   """The command: plan, sweep, report; returns the exit code (1: a run failed)."""
   runs = studies.plan(study, config, seeds, budget_updates, only)
@@ -382,9 +457,11 @@ def run_study(
     pool_factory=pool_factory,
     max_minutes=max_minutes,
     base_flags=base_flags,
+    reuse_same_config=reuse_same_config,
   )
   print(
-    f'{study}: {len(result.done)} run, {len(result.skipped)} skipped, '
+    f'{study}: {len(result.done)} run, {len(result.reused)} same as a finished run, '
+    f'{len(result.skipped)} skipped, '
     f'{len(result.failed)} failed, {len(result.not_started)} left for next time'
   )
   report(workdir, study, order)
@@ -414,6 +491,7 @@ def main(argv) -> None:
     dry_run=_FLAGS['dry_run'].value,
     report_only=_FLAGS['report'].value,
     base_flags=_base_flags(sys.argv[1:]),
+    reuse_same_config=_FLAGS['reuse_same_config'].value,
   )
   sys.exit(code)
 

@@ -124,6 +124,17 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
     )
   if len(budgets) > 1:
     lines += ['', f'**Warning:** runs with different budgets {budgets} are mixed.']
+  copies: dict[tuple[str, str], list[int]] = {}
+  for r in records:
+    if r.get('same_config_as'):
+      source = r['same_config_as'].rsplit('/seed', 1)[0]
+      copies.setdefault((r['run'], source), []).append(int(r['seed']))
+  for (name, source), seeds in sorted(copies.items()):
+    lines += [
+      '',
+      f'{name} (seeds {", ".join(map(str, sorted(seeds)))}) is the same config and '
+      f'seed as {source}: its records, not trained again (`same_config_as`).',
+    ]
   bases = {r.get('base_config_fingerprint') for r in records} - {None}
   if len(bases) > 1:
     lines += [
