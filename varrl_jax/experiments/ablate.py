@@ -215,8 +215,13 @@ def execute(
   train_fn: Callable,
   pool=None,
   base_flags: tuple[str, ...] = (),
+  git: dict | None = None,
 ) -> dict:
-  """Trains one run and returns its record (not yet written)."""
+  """Trains one run and returns its record (not yet written).
+
+  ``git``: the commit of the code that runs (`git_commit` when the sweep
+  started, as the checkout may move on while a long sweep runs).
+  """
   run_config = studies.apply_overrides(config, run.overrides)
   os.makedirs(run_dir, exist_ok=True)
   t0 = time.time()
@@ -244,7 +249,7 @@ def execute(
     # Of the starting weights: records from other weights never mix.
     'weights_fingerprint': weights_fingerprint(config),
     'command': train_command(run, base_flags, run_dir),
-    'git': git_commit(),
+    'git': git if git is not None else git_commit(),
     'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
   }
   record['updates'] = len(record['reward_curve']) or record['budget_updates']
@@ -281,6 +286,7 @@ def sweep(
   base_fingerprint = config_fingerprint(config)
   weights = weights_fingerprint(config)
   finished = finished_runs(config, workdir, weights) if reuse_same_config else {}
+  git = git_commit()  # the code this process loaded, whatever the checkout does next
   start = time.time()
   for i, run in enumerate(runs):
     run_dir = os.path.join(workdir, run.path)
@@ -331,7 +337,7 @@ def sweep(
     log(f'[{i + 1}/{len(runs)}] {run.path}: {" ".join(run.flags())}')
     try:
       pool = pool_factory() if pool_factory is not None else None
-      record = execute(run, config, run_dir, train_fn, pool, base_flags)
+      record = execute(run, config, run_dir, train_fn, pool, base_flags, git)
     except Exception as e:  # one failed run must not stop the sweep
       traceback.print_exc()
       result.failed.append((run.path, f'{type(e).__name__}: {e}'))
