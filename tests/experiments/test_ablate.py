@@ -127,9 +127,10 @@ def test_apply_overrides_copies_and_checks_keys():
 class FakeTrain:
   """Writes a metrics.jsonl and returns before/after summaries; counts calls."""
 
-  def __init__(self, crash=()):
+  def __init__(self, crash=(), unread=()):
     self.calls = []
     self.crash = set(crash)
+    self.unread = set(unread)  # runs whose final evaluation lost 2 images to OCR
 
   def __call__(self, config, workdir, pool=None):
     self.calls.append(workdir)
@@ -141,8 +142,15 @@ class FakeTrain:
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
       for step in range(config.rl.num_updates):
         f.write(json.dumps({'step': step, 'reward/mean': offset + 0.01 * step}) + '\n')
-    after = types.SimpleNamespace(word_accuracy=offset + 0.01 * config.seed, ned=0.5)
-    return {'before': {'word_accuracy': 0.05, 'ned': 0.4}, 'after': after}
+    after = types.SimpleNamespace(
+      word_accuracy=offset + 0.01 * config.seed,
+      ned=0.5,
+      n_failed=2 if any(workdir.endswith(c) for c in self.unread) else 0,
+    )
+    return {
+      'before': {'word_accuracy': 0.05, 'ned': 0.4, 'n_failed': 0},
+      'after': after,
+    }
 
 
 def test_sweep_writes_records_skips_them_and_reports_failures(tmp_path):
@@ -417,9 +425,12 @@ def test_a_run_with_the_same_config_and_seed_takes_the_finished_record(tmp_path)
   fake2 = FakeTrain()
   result = ablate.sweep(config, runs, str(tmp_path), train_fn=fake2)
   assert fake2.calls == [] and len(result.skipped) == 6
-  sources = ablate.finished_runs(
-    config, str(tmp_path), ablate.weights_fingerprint(config)
-  ).values()
+  sources = [
+    path
+    for path, _ in ablate.finished_runs(
+      config, str(tmp_path), ablate.weights_fingerprint(config)
+    ).values()
+  ]
   assert 'table5/K1/seed0' in sources and not any('K2' in p for p in sources)
 
   # Another budget is another config: trained, not copied; and the flag turns
@@ -433,3 +444,57 @@ def test_a_run_with_the_same_config_and_seed_takes_the_finished_record(tmp_path)
   assert config.rl.panw.alpha == 0.6
   ablate.sweep(config, runs4, str(tmp_path), train_fn=fake4, reuse_same_config=False)
   assert len(fake4.calls) == 1
+
+
+def test_a_run_whose_evaluation_lost_images_to_ocr_is_flagged_and_never_reused(
+  tmp_path,
+):
+  """OCR that crashes or times out reads nothing: the record counts those
+  images, the log and report warn, the run is no source for another study,
+  and moved aside (not seed<N>) it is trained again."""
+  config = toy_config()
+  full = studies.plan(
+    'table4a', config, seeds=2, budget_updates=2, only=('vmr+panw+mp',)
+  )
+  lines = []
+  ablate.sweep(
+    config,
+    full,
+    str(tmp_path),
+    train_fn=FakeTrain(unread=['seed0']),
+    log=lines.append,
+  )
+  bad = tmp_path / 'table4a/vmr+panw+mp/seed0'
+  rec = json.loads((bad / 'record.json').read_text())
+  assert (rec['ocr_failed_before'], rec['ocr_failed_after']) == (0, 2)
+  good = json.loads((tmp_path / 'table4a/vmr+panw+mp/seed1/record.json').read_text())
+  assert (good['ocr_failed_before'], good['ocr_failed_after']) == (0, 0)
+  assert any('seed0' in x and '2 evaluation images unread' in x for x in lines)
+  records = aggregate.load_records(str(tmp_path), 'table4a')
+  table = aggregate.markdown('table4a', aggregate.aggregate(records), records)
+  assert 'OCR failed (crash or timeout) on evaluation images of vmr+panw+mp/seed0' in (
+    table
+  )
+  assert 'seed1 (' not in table
+
+  # Table 5's K = 2 has the same configs: seed 1 is copied, seed 0 trained.
+  fake = FakeTrain()
+  runs = studies.plan('table5', config, seeds=2, budget_updates=2, only=('K2',))
+  result = ablate.sweep(config, runs, str(tmp_path), train_fn=fake)
+  assert [os.path.relpath(p, tmp_path) for p in fake.calls] == ['table5/K2/seed0']
+  assert result.reused == [('table5/K2/seed1', 'table4a/vmr+panw+mp/seed1')]
+
+  # A rerun skips the flagged record with a warning; moved aside, the run is
+  # made again (here: copied from Table 5's clean twin) and the moved folder
+  # is no record of the study.
+  lines = []
+  ablate.sweep(config, full, str(tmp_path), train_fn=FakeTrain(), log=lines.append)
+  assert any('unread, OCR failed; move' in x for x in lines)
+  bad.rename(tmp_path / 'table4a/vmr+panw+mp/seed0.ocr-failures')
+  fake = FakeTrain()
+  result = ablate.sweep(config, full, str(tmp_path), train_fn=fake)
+  assert fake.calls == []
+  assert result.reused == [('table4a/vmr+panw+mp/seed0', 'table5/K2/seed0')]
+  records = aggregate.load_records(str(tmp_path), 'table4a')
+  assert sorted(r['seed'] for r in records) == [0, 1]
+  assert all(r['ocr_failed_after'] == 0 for r in records)

@@ -21,7 +21,11 @@ Resumable: each finished run writes ``WORKDIR/STUDY/RUN/seedS/record.json``
 commit); a run with a record is skipped. A run that crashes writes no
 record; the sweep goes on with the next and exits with code 1 listing the
 failures. A run interrupted mid-way resumes from its own train-state
-checkpoint (`varrl_jax.train` exact resume).
+checkpoint (`varrl_jax.train` exact resume). A record also counts the
+evaluation images whose OCR crashed or timed out (``ocr_failed_before``,
+``ocr_failed_after``): they read as nothing, so the sweep's log and the
+report warn, and such a run is never reused; move its folder aside (any
+name but ``seedS``) and the next sweep trains it again.
 
 Same config, same run: a run whose full config (base config + overrides,
 seed included) and starting weights equal those of a finished run of any
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import hashlib
 import json
 import math
@@ -89,6 +92,10 @@ def git_commit() -> dict | None:
 
 def _summary_value(summary, name: str) -> float:
   return float(summary[name] if isinstance(summary, dict) else getattr(summary, name))
+
+
+def _summary_count(summary, name: str) -> int:
+  return int(summary[name] if isinstance(summary, dict) else getattr(summary, name))
 
 
 def reward_curve(run_dir: str) -> list[list[float]]:
@@ -153,13 +160,13 @@ def run_fingerprint(config, overrides: dict) -> str:
   return config_fingerprint(studies.apply_overrides(config, overrides))
 
 
-def finished_runs(config, workdir: str, weights: str) -> dict[str, str]:
-  """{run fingerprint: run path} of the trained (not copied) runs in ``workdir``
-  made from this base config and these starting weights."""
+def finished_runs(config, workdir: str, weights: str) -> dict[str, tuple[str, dict]]:
+  """{run fingerprint: (run path, record)} of the trained (not copied) runs in
+  ``workdir`` made from this base config and these starting weights, whose
+  evaluations read every image (a run with OCR failures is never a source)."""
   base = config_fingerprint(config)
   out = {}
-  pattern = os.path.join(workdir, '*', '*', 'seed*', 'record.json')
-  for path in sorted(glob.glob(pattern)):
+  for path in aggregate.record_paths(workdir):
     try:
       with open(path) as f:
         rec = json.load(f)
@@ -167,10 +174,12 @@ def finished_runs(config, workdir: str, weights: str) -> dict[str, str]:
         continue
       if rec.get('base_config_fingerprint') != base:
         continue
+      if rec.get('ocr_failed_before', 0) or rec.get('ocr_failed_after', 0):
+        continue
       key = run_fingerprint(config, rec['overrides'])
     except (OSError, ValueError, KeyError, AttributeError):
       continue  # unreadable or from another config layout: never a source
-    out.setdefault(key, os.path.relpath(os.path.dirname(path), workdir))
+    out.setdefault(key, (os.path.relpath(os.path.dirname(path), workdir), rec))
   return out
 
 
@@ -239,6 +248,10 @@ def execute(
     'ned_before': _summary_value(before, 'ned'),
     'word_accuracy_after': _summary_value(after, 'word_accuracy'),
     'ned_after': _summary_value(after, 'ned'),
+    # Images whose OCR crashed or timed out count as unread: such a run's
+    # figures are low for reasons outside the model (the report warns).
+    'ocr_failed_before': _summary_count(before, 'n_failed'),
+    'ocr_failed_after': _summary_count(after, 'n_failed'),
     'eval_split': run_config.eval.split,
     'wall_seconds': wall,
     'reward_curve': reward_curve(run_dir),
@@ -316,13 +329,18 @@ def sweep(
           note = ' (WARNING: made from another base config)'
         elif old_weights is None:
           note = ' (WARNING: its starting weights were not recorded)'
+        unread = old.get('ocr_failed_before', 0) + old.get('ocr_failed_after', 0)
+        if unread:
+          note += (
+            f' (WARNING: {unread} evaluation images unread, OCR failed; move '
+            f'{run_dir} aside to rerun it)'
+          )
         log(f'[{i + 1}/{len(runs)}] {run.path}: done before, skipped{note}')
       continue
     key = run_fingerprint(config, run.overrides)
-    source = finished.get(key)
+    source, source_record = finished.get(key, (None, None))
     if source is not None and source != run.path:
-      with open(os.path.join(workdir, source, 'record.json')) as f:
-        record = copied_record(json.load(f), run, source)
+      record = copied_record(source_record, run, source)
       fs.makedirs(run_dir)
       _write_json(path, record)
       result.reused.append((run.path, source))
@@ -345,11 +363,14 @@ def sweep(
       continue
     _write_json(path, record)
     result.done.append(run.path)
-    finished.setdefault(key, run.path)
+    unread = record['ocr_failed_before'] + record['ocr_failed_after']
+    if not unread:
+      finished.setdefault(key, (run.path, record))
     log(
       f'[{i + 1}/{len(runs)}] {run.path}: WA {record["word_accuracy_before"]:.4f} -> '
       f'{record["word_accuracy_after"]:.4f}  NED {record["ned_before"]:.4f} -> '
       f'{record["ned_after"]:.4f}  ({record["wall_seconds"] / 60:.1f} min)'
+      + (f'  WARNING: {unread} evaluation images unread (OCR failed)' if unread else '')
     )
   return result
 

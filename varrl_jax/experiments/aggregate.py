@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os
+import re
 
 import numpy as np
 
@@ -61,11 +62,24 @@ class Row:
   minutes: Stat  # wall time of a run
 
 
+_SEED_DIR = re.compile(r'seed\d+')
+
+
+def record_paths(workdir: str, study: str = '*') -> list[str]:
+  """``WORKDIR/STUDY/RUN/seedS/record.json`` paths (any study: '*'), sorted.
+
+  Only folders named ``seed`` + digits count: a run folder moved aside
+  (``seed0.bad``) is not a record of the study.
+  """
+  paths = glob.glob(os.path.join(workdir, study, '*', 'seed*', 'record.json'))
+  keep = [p for p in paths if _SEED_DIR.fullmatch(os.path.basename(os.path.dirname(p)))]
+  return sorted(keep)
+
+
 def load_records(workdir: str, study: str) -> list[dict]:
   """Every record.json of ``study`` under ``workdir``, in path order."""
-  paths = sorted(glob.glob(os.path.join(workdir, study, '*', 'seed*', 'record.json')))
   out = []
-  for path in paths:
+  for path in record_paths(workdir, study):
     with open(path) as f:
       out.append(json.load(f))
   return out
@@ -134,6 +148,19 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
       '',
       f'{name} (seeds {", ".join(map(str, sorted(seeds)))}) is the same config and '
       f'seed as {source}: its records, not trained again (`same_config_as`).',
+    ]
+  unread = [
+    f'{r["run"]}/seed{r["seed"]} ({r.get("ocr_failed_before", 0)} before, '
+    f'{r.get("ocr_failed_after", 0)} after)'
+    for r in records
+    if r.get('ocr_failed_before', 0) or r.get('ocr_failed_after', 0)
+  ]
+  if unread:
+    lines += [
+      '',
+      '**Warning:** OCR failed (crash or timeout) on evaluation images of '
+      f'{", ".join(unread)}; a failed image counts as unread, so those Word '
+      'Accuracy and NED figures are low. Move the run folders aside and rerun them.',
     ]
   bases = {r.get('base_config_fingerprint') for r in records} - {None}
   if len(bases) > 1:
