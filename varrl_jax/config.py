@@ -176,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ocr.num_workers = 1  # worker processes per host; 0 = inline
   c.ocr.threads_per_worker = 1  # torch threads in each worker
   c.ocr.timeout_s = 60.0  # longest one image may take before its worker is restarted
+  # Reads again, on the restarted worker, of an image whose worker hung or
+  # crashed (a suspend or a stopped process is not the image's fault).
+  c.ocr.retries = 1
   c.ocr.cache_size = 4096  # LRU entries of OCR results keyed by image content
   # Small images are enlarged (bicubic, integer factor) before OCR until the
   # short side reaches upscale_min_side, by at most upscale_max_factor

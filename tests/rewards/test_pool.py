@@ -21,6 +21,7 @@ from varrl_jax.rewards.testing import (
 )
 
 HANG, CRASH, RAISE = 7, 13, 21
+HANG_ONCE, CRASH_ONCE = 31, 33  # misbehave on the first read only
 
 
 def batch(*values: int) -> np.ndarray:
@@ -99,7 +100,7 @@ def test_cache_off_still_dedups_within_a_call(calls_dir):
 
 
 def test_hang_times_out_and_worker_restarts(calls_dir):
-  with make_pool(calls_dir, timeout_s=0.5) as pool:
+  with make_pool(calls_dir, timeout_s=0.5, retries=0) as pool:
     pool.wait_ready()
     pids = pool.worker_pids
     t0 = time.monotonic()
@@ -118,7 +119,7 @@ def test_hang_times_out_and_worker_restarts(calls_dir):
 
 
 def test_crash_is_isolated_and_worker_restarts(calls_dir):
-  with make_pool(calls_dir) as pool:
+  with make_pool(calls_dir, retries=0) as pool:
     results, stats = pool.read_batch(batch(1, CRASH, 2, 3))
     assert texts(results) == ['v1', None, 'v2', 'v3']
     assert 'crashed' in results[1].error and 'exit code 3' in results[1].error
@@ -149,11 +150,35 @@ def test_all_failures_in_one_batch(calls_dir):
   with make_pool(calls_dir, timeout_s=0.5) as pool:
     results, stats = pool.read_batch(batch(HANG, CRASH, RAISE, 1))
     assert texts(results) == [None, None, None, 'v1']
-    assert stats['ocr/timeouts'] == 1
-    assert stats['ocr/crashes'] == 1
+    # The hang and the crash are read twice (one retry each), the raise once.
+    assert stats['ocr/timeouts'] == 2
+    assert stats['ocr/crashes'] == 2
     assert stats['ocr/errors'] == 1
-    assert stats['ocr/restarts'] == 3
+    assert stats['ocr/retries'] == 2
+    assert stats['ocr/restarts'] == 5
+    assert count_calls(calls_dir) == 6
     assert texts(pool.read_batch(batch(2, 3))[0]) == ['v2', 'v3']
+
+
+def test_a_transient_hang_or_crash_is_read_again_on_a_fresh_worker(calls_dir):
+  """A suspended laptop or a stopped-and-resumed process times out an image
+  that is fine: the retry reads it, and nothing fails."""
+  with make_pool(calls_dir, timeout_s=0.5) as pool:
+    pool.wait_ready()
+    results, stats = pool.read_batch(batch(1, HANG_ONCE, CRASH_ONCE, 2))
+    assert texts(results) == ['v1', 'v31', 'v33', 'v2']
+    assert stats['ocr/failures'] == 0
+    assert stats['ocr/timeouts'] == 1 and stats['ocr/crashes'] == 1
+    assert stats['ocr/retries'] == 2 and stats['ocr/restarts'] == 2
+    assert pool.totals['ocr/retries'] == 2
+  # retries=0: the first failure is final.
+  fresh = os.path.join(calls_dir, 'fresh')
+  os.makedirs(fresh)
+  with make_pool(fresh, timeout_s=0.5, retries=0) as pool:
+    results, stats = pool.read_batch(batch(HANG_ONCE, CRASH_ONCE))
+    assert texts(results) == [None, None] and stats['ocr/retries'] == 0
+  with pytest.raises(ValueError, match='retries'):
+    make_pool(calls_dir, retries=-1)
 
 
 def test_restart_budget_bounds_a_broken_batch(calls_dir):

@@ -10,7 +10,11 @@ hang confined to the one image that caused it.
 Failure handling, per image: a worker that dies (crash), takes longer than
 ``timeout_s`` on one image (hang) or raises gives that image
 ``OcrResult(failed=True, error=...)``; the worker is killed and restarted and
-the event is counted in the batch stats. Rewards map failed results to their
+the event is counted in the batch stats. A crash or a hang may be the
+machine's rather than the image's (a suspended laptop, a process stopped and
+resumed, the OOM killer), so such an image is first read again, up to
+``retries`` times, on a fresh worker (``ocr/retries``); an engine that
+raises is not retried (the same image would raise again). Rewards map failed results to their
 fallback value; training never sees an exception from a bad image. Only setup
 errors raise (the engine factory failing in a worker, e.g. missing weights).
 
@@ -64,6 +68,7 @@ STAT_KEYS = (
   'ocr/crashes',
   'ocr/errors',
   'ocr/restarts',
+  'ocr/retries',
   'ocr/seconds',
   'ocr/images_per_s',
 )
@@ -225,7 +230,7 @@ class OcrPool:
       called once in each worker (and after each restart).
     num_workers: worker processes; 0 runs the engine inline.
     timeout_s: longest one image may take in a worker before the worker is
-      considered hung, killed and restarted (the image fails).
+      considered hung, killed and restarted (the image is retried, then fails).
     batch_timeout_s: optional deadline for a whole ``read_batch`` call;
       images not read by then fail. None: no batch deadline.
     start_timeout_s: longest a worker may take to build its engine.
@@ -237,6 +242,8 @@ class OcrPool:
       stay down until the next call, so an engine that fails on everything
       cannot turn one batch into an endless restart loop. Default
       ``2 * num_workers + 2``.
+    retries: how many more times an image whose worker hung or crashed is
+      read, on a restarted worker, before it fails (0: fails at once).
     wait_ready: block in the constructor until every worker is up.
   """
 
@@ -251,10 +258,18 @@ class OcrPool:
     cache_size: int = 4096,
     restart_on_error: bool = True,
     max_restarts_per_batch: int | None = None,
+    retries: int = 1,
     wait_ready: bool = False,
   ):
     if num_workers < 0:
       raise ValueError(f'num_workers must be >= 0, got {num_workers}')
+    if retries < 0:
+      raise ValueError(f'retries must be >= 0, got {retries}')
+    self.retries = int(retries)
+    # Per read_batch call (batches run one at a time, under _lock): images
+    # waiting for a worker, and the failed tries of each image.
+    self._pending: collections.deque[str] = collections.deque()
+    self._tries: collections.Counter[str] = collections.Counter()
     self.engine_factory = engine_factory
     self.num_workers = num_workers
     self.timeout_s = float(timeout_s)
@@ -296,7 +311,8 @@ class OcrPool:
     actually OCR'd), ``ocr/dedup_hits`` (repeats within the call),
     ``ocr/cache_hits`` (LRU hits from earlier calls), ``ocr/failures`` (failed
     results, any cause), ``ocr/invalid``, ``ocr/timeouts``, ``ocr/crashes``,
-    ``ocr/errors``, ``ocr/restarts``, ``ocr/seconds``, ``ocr/images_per_s``.
+    ``ocr/errors``, ``ocr/restarts``, ``ocr/retries`` (reads again after a
+    hang or crash), ``ocr/seconds``, ``ocr/images_per_s``.
     """
     if self._closed:
       raise OcrPoolError('OcrPool is closed')
@@ -430,6 +446,7 @@ class OcrPool:
       'ocr/crashes',
       'ocr/errors',
       'ocr/restarts',
+      'ocr/retries',
     ):
       self.totals[k] += stats[k]
     return results, {k: float(v) for k, v in sorted(stats.items())}
@@ -452,7 +469,8 @@ class OcrPool:
     for w in self._workers:
       if not w.alive:  # left down by an earlier batch's restart budget
         self._start(w)
-    pending = collections.deque(todo)
+    pending = self._pending = collections.deque(todo)
+    self._tries = collections.Counter()
     read: dict[str, OcrResult] = {}
     batch_deadline = (
       float('inf') if self.batch_timeout_s is None else t0 + self.batch_timeout_s
@@ -528,8 +546,8 @@ class OcrPool:
         raise OcrPoolError(f'OCR worker did not start within {self.start_timeout_s} s')
       if w.alive and w.task is not None and now >= w.task_deadline:
         logging.warning('OCR pool: worker hung > %.1f s; restarting it', self.timeout_s)
-        read[w.task[1]] = OcrResult(
-          failed=True, error=f'OCR timed out after {self.timeout_s} s'
+        self._retry_or_fail(
+          w.task[1], f'OCR timed out after {self.timeout_s} s', read, stats
         )
         stats['ocr/timeouts'] += 1
         self._restart(w, stats)
@@ -564,6 +582,17 @@ class OcrPool:
       if self.restart_on_error:
         self._restart(w, stats)
 
+  def _retry_or_fail(
+    self, key: str, error: str, read: dict[str, OcrResult], stats
+  ) -> None:
+    """After a hang or crash on image ``key``: queue it again, or fail it."""
+    if self._tries[key] < self.retries:
+      self._tries[key] += 1
+      stats['ocr/retries'] += 1
+      self._pending.append(key)
+    else:
+      read[key] = OcrResult(failed=True, error=error)
+
   def _on_death(
     self, w: _Worker, read: dict[str, OcrResult], stats: collections.Counter[str]
   ) -> None:
@@ -573,8 +602,8 @@ class OcrPool:
       raise OcrPoolError(f'OCR worker exited with code {code} while starting')
     if w.task is not None:
       logging.warning('OCR pool: worker died (exit code %s); restarting it', code)
-      read[w.task[1]] = OcrResult(
-        failed=True, error=f'OCR worker crashed (exit code {code})'
+      self._retry_or_fail(
+        w.task[1], f'OCR worker crashed (exit code {code})', read, stats
       )
     stats['ocr/crashes'] += 1
     self._restart(w, stats)

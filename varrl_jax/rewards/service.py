@@ -31,4 +31,5 @@ def make_pool(config) -> OcrPool:
     num_workers=config.ocr.num_workers,
     timeout_s=config.ocr.timeout_s,
     cache_size=config.ocr.cache_size,
+    retries=config.ocr.retries,
   )

@@ -29,7 +29,9 @@ class MarkerEngine:
   Misbehaves on marker images (all pixels equal to the marker): hangs
   forever on ``hang_value``, kills its process on ``crash_value`` and raises
   on ``raise_value``. With ``calls_dir`` every read appends a line to
-  ``calls_dir/calls.log``, so tests count engine calls across processes.
+  ``calls_dir/calls.log``, so tests count engine calls across processes, and
+  the engine hangs on ``hang_once_value`` and crashes on ``crash_once_value``
+  only the first time any worker reads it (a transient failure).
   """
 
   def __init__(
@@ -38,22 +40,33 @@ class MarkerEngine:
     hang_value: int = 7,
     crash_value: int = 13,
     raise_value: int = 21,
+    hang_once_value: int = 31,
+    crash_once_value: int = 33,
     delay_s: float = 0.0,
     calls_dir: str | None = None,
   ):
     self.hang_value = hang_value
     self.crash_value = crash_value
     self.raise_value = raise_value
+    self.hang_once_value = hang_once_value
+    self.crash_once_value = crash_once_value
     self.delay_s = delay_s
     self.calls_dir = calls_dir
 
   def read(self, image: np.ndarray) -> OcrResult:
     value = int(image.flat[0])
     uniform = bool((image == value).all())
+    first = False
     if self.calls_dir is not None:
+      first = uniform and value not in _logged_values(self.calls_dir)
       # O_APPEND writes of one short line are atomic across processes.
       with open(os.path.join(self.calls_dir, CALLS_FILE), 'a') as f:
         f.write(f'{os.getpid()} {value}\n')
+    if first and value == self.hang_once_value:
+      while True:
+        time.sleep(3600)
+    if first and value == self.crash_once_value:
+      os._exit(3)
     if uniform and value == self.hang_value:
       while True:
         time.sleep(3600)
@@ -68,6 +81,14 @@ class MarkerEngine:
       text=f'v{value}', box=(0.0, 0.0, float(width), float(height)), confidence=1.0
     )
     return OcrResult(words=(word,))
+
+
+def _logged_values(calls_dir: str) -> set[int]:
+  path = os.path.join(calls_dir, CALLS_FILE)
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return {int(line.split()[1]) for line in f if line.strip()}
 
 
 def count_calls(calls_dir: str) -> int:
