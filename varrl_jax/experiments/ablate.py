@@ -120,9 +120,11 @@ def _write_json(path: str, obj: dict) -> None:
 
 # Settings that cannot change an RL run's numbers, left out of the fingerprint
 # so that adding one does not set records apart: how the tokenizer's conv
-# weight gradients are computed (RL never differentiates the tokenizer) and
-# where compiled programs are cached.
-UNFINGERPRINTED = ('tokenizer.conv_weight_grad', 'compilation_cache_dir')
+# weight gradients are computed (RL never differentiates the tokenizer),
+# where compiled programs are cached, and how often a hung or crashed OCR
+# read is tried again (it changes a reading only where the run would
+# otherwise have lost it, which the record counts: ocr_failed_*).
+UNFINGERPRINTED = ('tokenizer.conv_weight_grad', 'compilation_cache_dir', 'ocr.retries')
 
 
 def config_fingerprint(config) -> str:
