@@ -219,7 +219,11 @@ def test_config_fingerprint_ignores_only_settings_that_cannot_change_a_run():
   base = ablate.config_fingerprint(config)
   config.tokenizer.conv_weight_grad = 'xla'  # RL never differentiates the tokenizer
   config.compilation_cache_dir = '/tmp/somewhere'
+  config.ocr.retries = 3  # changes only reads that would otherwise fail
   assert ablate.config_fingerprint(config) == base
+  config.ocr.timeout_s = 5.0
+  assert ablate.config_fingerprint(config) != base
+  config.ocr.timeout_s = toy_config().ocr.timeout_s
   config.rl.lr = config.rl.lr * 2
   assert ablate.config_fingerprint(config) != base
 
