@@ -14,9 +14,10 @@ the event is counted in the batch stats. A crash or a hang may be the
 machine's rather than the image's (a suspended laptop, a process stopped and
 resumed, the OOM killer), so such an image is first read again, up to
 ``retries`` times, on a fresh worker (``ocr/retries``); an engine that
-raises is not retried (the same image would raise again). Rewards map failed results to their
-fallback value; training never sees an exception from a bad image. Only setup
-errors raise (the engine factory failing in a worker, e.g. missing weights).
+raises is not retried (the same image would raise again). Rewards map failed
+results to their fallback value; training never sees an exception from a bad
+image. Only setup errors raise (the engine factory failing in a worker, e.g.
+missing weights).
 
 Spawned workers re-import the main module (standard ``spawn`` behaviour),
 so entry points keep their work under ``if __name__ == '__main__'``.
