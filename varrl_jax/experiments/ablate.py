@@ -90,12 +90,9 @@ def git_commit() -> dict | None:
     return None
 
 
-def _summary_value(summary, name: str) -> float:
-  return float(summary[name] if isinstance(summary, dict) else getattr(summary, name))
-
-
-def _summary_count(summary, name: str) -> int:
-  return int(summary[name] if isinstance(summary, dict) else getattr(summary, name))
+def _summary_field(summary, name: str):
+  """A field of an evaluation summary (a dict or a `metrics.Summary`)."""
+  return summary[name] if isinstance(summary, dict) else getattr(summary, name)
 
 
 def reward_curve(run_dir: str) -> list[list[float]]:
@@ -176,7 +173,7 @@ def finished_runs(config, workdir: str, weights: str) -> dict[str, tuple[str, di
         continue
       if rec.get('base_config_fingerprint') != base:
         continue
-      if rec.get('ocr_failed_before', 0) or rec.get('ocr_failed_after', 0):
+      if aggregate.unread_images(rec):
         continue
       key = run_fingerprint(config, rec['overrides'])
     except (OSError, ValueError, KeyError, AttributeError):
@@ -246,14 +243,14 @@ def execute(
     'seed': run.seed,
     'overrides': _normalized(run.overrides),
     'budget_updates': int(run_config.rl.num_updates),
-    'word_accuracy_before': _summary_value(before, 'word_accuracy'),
-    'ned_before': _summary_value(before, 'ned'),
-    'word_accuracy_after': _summary_value(after, 'word_accuracy'),
-    'ned_after': _summary_value(after, 'ned'),
+    'word_accuracy_before': float(_summary_field(before, 'word_accuracy')),
+    'ned_before': float(_summary_field(before, 'ned')),
+    'word_accuracy_after': float(_summary_field(after, 'word_accuracy')),
+    'ned_after': float(_summary_field(after, 'ned')),
     # Images whose OCR crashed or timed out count as unread: such a run's
     # figures are low for reasons outside the model (the report warns).
-    'ocr_failed_before': _summary_count(before, 'n_failed'),
-    'ocr_failed_after': _summary_count(after, 'n_failed'),
+    'ocr_failed_before': int(_summary_field(before, 'n_failed')),
+    'ocr_failed_after': int(_summary_field(after, 'n_failed')),
     'eval_split': run_config.eval.split,
     'wall_seconds': wall,
     'reward_curve': reward_curve(run_dir),
@@ -331,7 +328,7 @@ def sweep(
           note = ' (WARNING: made from another base config)'
         elif old_weights is None:
           note = ' (WARNING: its starting weights were not recorded)'
-        unread = old.get('ocr_failed_before', 0) + old.get('ocr_failed_after', 0)
+        unread = aggregate.unread_images(old)
         if unread:
           note += (
             f' (WARNING: {unread} evaluation images unread, OCR failed; move '
@@ -365,7 +362,7 @@ def sweep(
       continue
     _write_json(path, record)
     result.done.append(run.path)
-    unread = record['ocr_failed_before'] + record['ocr_failed_after']
+    unread = aggregate.unread_images(record)
     if not unread:
       finished.setdefault(key, (run.path, record))
     log(

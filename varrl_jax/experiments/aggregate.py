@@ -65,6 +65,11 @@ class Row:
 _SEED_DIR = re.compile(r'seed\d+')
 
 
+def unread_images(record: dict) -> int:
+  """Evaluation images of a run whose OCR crashed or timed out (before + after)."""
+  return record.get('ocr_failed_before', 0) + record.get('ocr_failed_after', 0)
+
+
 def record_paths(workdir: str, study: str = '*') -> list[str]:
   """``WORKDIR/STUDY/RUN/seedS/record.json`` paths (any study: '*'), sorted.
 
@@ -153,7 +158,7 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
     f'{r["run"]}/seed{r["seed"]} ({r.get("ocr_failed_before", 0)} before, '
     f'{r.get("ocr_failed_after", 0)} after)'
     for r in records
-    if r.get('ocr_failed_before', 0) or r.get('ocr_failed_after', 0)
+    if unread_images(r)
   ]
   if unread:
     lines += [

@@ -83,21 +83,18 @@ class MarkerEngine:
     return OcrResult(words=(word,))
 
 
-def _logged_values(calls_dir: str) -> set[int]:
+def _logged_values(calls_dir: str) -> list[int]:
+  """The marker value of every read logged under ``calls_dir``, in order."""
   path = os.path.join(calls_dir, CALLS_FILE)
   if not os.path.exists(path):
-    return set()
+    return []
   with open(path) as f:
-    return {int(line.split()[1]) for line in f if line.strip()}
+    return [int(line.split()[1]) for line in f if line.strip()]
 
 
 def count_calls(calls_dir: str) -> int:
   """Engine reads logged by :class:`MarkerEngine` under ``calls_dir``."""
-  path = os.path.join(calls_dir, CALLS_FILE)
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return sum(1 for _ in f)
+  return len(_logged_values(calls_dir))
 
 
 def unavailable_engine_factory() -> MarkerEngine:
