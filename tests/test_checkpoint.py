@@ -123,3 +123,52 @@ def test_manifest_is_json_with_config(saved):
     manifest = json.load(f)
   assert manifest['config']['tokenizer']['codebook_size'] == 64
   assert manifest['command'] == 'CMD' and manifest['format'] == checkpoint.FORMAT
+
+
+def test_fingerprint_checksums_match_their_definition():
+  """Per leaf: the sum of the bits, and their sum weighted by 2i+1 (i the
+  row-major index), both modulo 2**32; computed here with Python integers."""
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(0)
+  for x in (
+    rng.normal(size=(3, 5, 7)).astype(np.float32),
+    jnp.asarray(rng.normal(size=(4, 9)), jnp.bfloat16),
+    rng.integers(-100, 100, size=(6,)).astype(np.int8),
+    np.array([True, False, True]),
+  ):
+    bits = np.asarray(x).view(f'u{np.asarray(x).dtype.itemsize}').reshape(-1)
+    want = [
+      sum(int(b) for b in bits) % 2**32,
+      sum(int(b) * (2 * i + 1) for i, b in enumerate(bits)) % 2**32,
+    ]
+    got = np.asarray(checkpoint._leaf_checksums(jnp.asarray(x)))
+    assert got.dtype == np.uint32
+    assert got.tolist() == want, x.dtype
+
+
+def test_fingerprint_tells_every_change_apart_and_ignores_placement():
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(1)
+  tree = {
+    'w': jnp.asarray(rng.normal(size=(16, 8)), jnp.bfloat16),
+    'b': jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+  }
+  base = checkpoint.fingerprint(tree)
+  # The same values on the host, or copied on device: the same digest.
+  assert checkpoint.fingerprint(jax.tree.map(np.asarray, tree)) == base
+  assert checkpoint.fingerprint(jax.tree.map(jnp.copy, tree)) == base
+  # One bit of one bfloat16 weight (the last mantissa bit).
+  w = np.asarray(tree['w']).copy()
+  bits = w.view(np.uint16)
+  bits[3, 5] ^= 1
+  assert checkpoint.fingerprint({**tree, 'w': jnp.asarray(w)}) != base
+  # Two unequal elements swapped: the same multiset of values.
+  b = np.asarray(tree['b']).copy()
+  b[[0, 1]] = b[[1, 0]]
+  assert b[0] != b[1]
+  assert checkpoint.fingerprint({**tree, 'b': jnp.asarray(b)}) != base
+  # Same values in another dtype, or under another name.
+  assert checkpoint.fingerprint({**tree, 'b': tree['b'].astype(jnp.bfloat16)}) != base
+  assert checkpoint.fingerprint({'v': tree['w'], 'b': tree['b']}) != base

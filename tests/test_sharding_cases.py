@@ -371,6 +371,11 @@ def test_shard_checkpoints_restore_onto_another_mesh(tmp_path):
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(params)):
     assert len(a.sharding.device_set) == 1
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The reference check of a resume (checkpoint.fingerprint) sees the same
+  # weights on every mesh: float reductions split per shard would not.
+  digest = checkpoint.fingerprint(params)
+  assert checkpoint.fingerprint(loaded) == digest
+  assert checkpoint.fingerprint(one) == digest
 
   # The full train state (params + AdamW moments) through TrainCheckpoints.
   opt = optax.adamw(1e-3)

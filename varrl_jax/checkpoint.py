@@ -268,29 +268,60 @@ def load_params(
 # Full train state, for exact resume.
 
 
+# Bumped when `fingerprint` changes: digests of two versions are not compared.
+FINGERPRINT_VERSION = 2
+
+
+def _leaf_checksums(x):
+  """Two uint32 checksums of an array's exact bits: their sum, and their sum
+  weighted by the odd numbers 2i+1 of the flat (row-major) index i.
+
+  Integer sums modulo 2**32 do not depend on the order of the additions, so
+  the result is the same on any mesh, any device and any backend (float
+  sums are not: each split of a reduction rounds differently, which made the
+  old float-moment digest differ between meshes and between GPU runs). Any
+  change of one element changes the first sum; swapping two unequal
+  elements changes the second.
+  """
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint8)
+  else:
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[
+      x.dtype.itemsize
+    ]
+    # 8-byte types become [..., 2] uint32 words.
+    bits = jax.lax.bitcast_convert_type(x, width)
+  bits = bits.astype(jnp.uint32)
+  index = jnp.zeros(bits.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(bits.ndim)):
+    iota = jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
+    index = index + iota * jnp.uint32(stride % 2**32)
+    stride *= bits.shape[axis]
+  weights = index * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.stack(
+    [jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)]
+  )
+
+
 def fingerprint(tree) -> str:
   """A short digest of a pytree of (possibly sharded) arrays.
 
-  Hashes each leaf's path, shape and two float32 moments, computed on device
-  (cheap at any size, and every process gets the same replicated scalars):
-  it tells different weights apart, it is not a cryptographic hash.
+  Hashes each leaf's path, shape, dtype and two integer checksums of its
+  bits, computed on device (cheap at any size; every process gets the same
+  replicated scalars). Equal values give equal digests whatever the
+  sharding, mesh or backend, so a state saved on one mesh resumes on
+  another; it tells different weights apart, it is not a cryptographic hash.
   """
   import hashlib
 
-  moments = jax.jit(
-    lambda t: jax.tree.map(
-      lambda x: jnp.stack(
-        [jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))]
-      ),
-      t,
-    )
-  )(tree)
+  sums = jax.jit(lambda t: jax.tree.map(_leaf_checksums, t))(tree)
   h = hashlib.blake2b(digest_size=8)
   for (path, leaf), m in zip(
-    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(moments)
+    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(sums)
   ):
-    h.update(f'{jax.tree_util.keystr(path)}{tuple(leaf.shape)}'.encode())
-    h.update(np.asarray(m, np.float32).tobytes())
+    h.update(f'{jax.tree_util.keystr(path)}{tuple(leaf.shape)}{leaf.dtype}'.encode())
+    h.update(np.asarray(m, np.uint32).tobytes())
   return h.hexdigest()
 
 

@@ -121,6 +121,7 @@ def _run_record(config, trainer, update: int) -> dict:
     'prompts_consumed': int(update * config.rl.prompts_per_update),
     'reference': config.init_checkpoint or f'random init (seed {config.seed})',
     'reference_fingerprint': trainer.ref_fingerprint,
+    'reference_fingerprint_version': ckpt_lib.FINGERPRINT_VERSION,
     'mode': config.rl.mode,
   }
 
@@ -131,12 +132,22 @@ def _resume(config, trainer, states) -> int:
   if restored is None:
     return 0
   state, record = restored
-  if record.get('reference_fingerprint') != trainer.ref_fingerprint:
+  saved = record.get('reference_fingerprint')
+  if record.get('reference_fingerprint_version') != ckpt_lib.FINGERPRINT_VERSION:
+    # Digests of older versions summed floats, which rounds differently per
+    # mesh and per GPU run: they cannot be compared with today's.
+    logging.warning(
+      '%s: saved by an older varrl_jax whose reference digest is not comparable; '
+      'the reference is not checked on this resume',
+      states.directory,
+    )
+  elif saved != trainer.ref_fingerprint:
     raise ckpt_lib.CheckpointError(
-      f'{states.directory}: saved with reference {record.get("reference")!r}, '
-      f'but this run starts from {config.init_checkpoint or "a random init"!r} '
-      '(another init_checkpoint or seed?); use another --workdir or '
-      '--config.checkpoint.resume=False'
+      f'{states.directory}: saved with reference {record.get("reference")!r} '
+      f'(weights digest {saved}), but this run starts from '
+      f'{config.init_checkpoint or "a random init"!r} (weights digest '
+      f'{trainer.ref_fingerprint}): other weights or another seed; use another '
+      '--workdir or --config.checkpoint.resume=False'
     )
   trainer.state = state
   update = int(record['update'])

@@ -341,3 +341,34 @@ def test_resume_refuses_another_reference(tmp_path):
   with OcrPool(ReadsWhenBright, num_workers=0) as pool:
     with pytest.raises(checkpoint.CheckpointError, match='saved with reference'):
       train.train(c, str(tmp_path), pool=pool)
+
+
+def test_resume_of_a_state_with_an_older_reference_digest(tmp_path, caplog):
+  """A state saved before `checkpoint.FINGERPRINT_VERSION` (float digests,
+  which differed per mesh) resumes with a warning instead of a false refusal."""
+  import glob
+  import json
+
+  from varrl_jax import train
+
+  c = _train_config()
+  c.rl.mode = 'vanilla'
+  c.rl.num_updates = 1
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  (path,) = [
+    p
+    for p in glob.glob(str(tmp_path / 'checkpoints' / 'state' / '*' / 'record' / '*'))
+    if 'reference_fingerprint' in open(p).read()
+  ]
+  with open(path) as f:
+    record = json.load(f)
+  del record['reference_fingerprint_version']
+  record['reference_fingerprint'] = '0123456789abcdef'  # an old-style digest
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  c.rl.num_updates = 2
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    train.train(c, str(tmp_path), pool=pool)
+  assert any('older varrl_jax' in r.getMessage() for r in caplog.records)
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'state')) == ['1', '2']
