@@ -125,9 +125,18 @@ def test_manifest_is_json_with_config(saved):
   assert manifest['command'] == 'CMD' and manifest['format'] == checkpoint.FORMAT
 
 
+def _fmix32(h):
+  # MurmurHash3's finalizer, written out on Python integers.
+  h ^= h >> 16
+  h = (h * 0x85EBCA6B) % 2**32
+  h ^= h >> 13
+  h = (h * 0xC2B2AE35) % 2**32
+  return h ^ (h >> 16)
+
+
 def test_fingerprint_checksums_match_their_definition():
-  """Per leaf: the sum of the bits, and their sum weighted by 2i+1 (i the
-  row-major index), both modulo 2**32; computed here with Python integers."""
+  """Per leaf: the sum of the words, and the sum of fmix32(word ^ fmix32(i))
+  (i the row-major index), both modulo 2**32; here with Python integers."""
   import jax.numpy as jnp
 
   rng = np.random.default_rng(0)
@@ -140,7 +149,7 @@ def test_fingerprint_checksums_match_their_definition():
     bits = np.asarray(x).view(f'u{np.asarray(x).dtype.itemsize}').reshape(-1)
     want = [
       sum(int(b) for b in bits) % 2**32,
-      sum(int(b) * (2 * i + 1) for i, b in enumerate(bits)) % 2**32,
+      sum(_fmix32(int(b) ^ _fmix32(i)) for i, b in enumerate(bits)) % 2**32,
     ]
     got = np.asarray(checkpoint._leaf_checksums(jnp.asarray(x)))
     assert got.dtype == np.uint32
@@ -169,6 +178,13 @@ def test_fingerprint_tells_every_change_apart_and_ignores_placement():
   b[[0, 1]] = b[[1, 0]]
   assert b[0] != b[1]
   assert checkpoint.fingerprint({**tree, 'b': jnp.asarray(b)}) != base
+  # 1.0 and 2.0 swapped 256 apart: their words differ by 2**23, so a sum
+  # weighted by any linear function of the index (2i+1) misses this swap.
+  x = np.zeros(512, np.float32)
+  x[0], x[256] = 1.0, 2.0
+  y = x.copy()
+  y[0], y[256] = 2.0, 1.0
+  assert checkpoint.fingerprint({'x': x}) != checkpoint.fingerprint({'x': y})
   # Same values in another dtype, or under another name.
   assert checkpoint.fingerprint({**tree, 'b': tree['b'].astype(jnp.bfloat16)}) != base
   assert checkpoint.fingerprint({'v': tree['w'], 'b': tree['b']}) != base

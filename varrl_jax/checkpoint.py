@@ -272,16 +272,27 @@ def load_params(
 FINGERPRINT_VERSION = 2
 
 
+def _fmix32(h):
+  """MurmurHash3's 32-bit finalizer: mixes every input bit into every output
+  bit (uint32 arithmetic, wrapping)."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
 def _leaf_checksums(x):
-  """Two uint32 checksums of an array's exact bits: their sum, and their sum
-  weighted by the odd numbers 2i+1 of the flat (row-major) index i.
+  """Two uint32 checksums of an array's exact bits: the sum of its words,
+  and the sum of ``fmix32(word ^ fmix32(i))`` over the row-major index i.
 
   Integer sums modulo 2**32 do not depend on the order of the additions, so
   the result is the same on any mesh, any device and any backend (float
   sums are not: each split of a reduction rounds differently, which made the
   old float-moment digest differ between meshes and between GPU runs). Any
-  change of one element changes the first sum; swapping two unequal
-  elements changes the second.
+  change of one element changes the first sum; the second ties each word to
+  its position, so a swap or any rearrangement changes it except by a
+  2**-32 chance.
   """
   if x.dtype == jnp.bool_:
     bits = x.astype(jnp.uint8)
@@ -298,10 +309,8 @@ def _leaf_checksums(x):
     iota = jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
     index = index + iota * jnp.uint32(stride % 2**32)
     stride *= bits.shape[axis]
-  weights = index * jnp.uint32(2) + jnp.uint32(1)
-  return jnp.stack(
-    [jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)]
-  )
+  placed = _fmix32(bits ^ _fmix32(index))
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(placed, dtype=jnp.uint32)])
 
 
 def fingerprint(tree) -> str:
