@@ -46,9 +46,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli
-from varrl_jax.models import text
 from varrl_jax.models import transformer as tr_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, panw
 from varrl_jax.rl.loop import Method
@@ -92,20 +91,19 @@ def forward_flops(cfg: tr_lib.TransformerConfig) -> dict[str, float]:
 
 def make_batch(model, params, rows: int, alpha: float, key) -> dict:
   """A train-step batch of ``rows`` random full-length rows (see grpo docstring)."""
-  sched, cfg = model.schedule, model.cfg
+  sched, vocab = model.schedule, model.vocab_size
   k_tok, k_adv = jax.random.split(key)
-  prompts = [f"a wooden sign that reads 'WORD{i}'" for i in range(rows)]
-  ids, mask = text.encode(prompts, cfg.text_len)
-  tokens = jax.random.randint(k_tok, (rows, sched.num_tokens), 0, cfg.vocab_size)
+  examples = model.example_prompts
+  cond = model.encode_prompts([examples[i % len(examples)] for i in range(rows)])
+  tokens = jax.random.randint(k_tok, (rows, sched.num_tokens), 0, vocab)
   inputs = jax.jit(model.teacher_inputs)(params, tokens)
   return {
-    'text_ids': jnp.asarray(ids),
-    'text_mask': jnp.asarray(mask),
+    'cond': jax.tree.map(jnp.asarray, cond),
     'inputs': inputs,
     'tokens': tokens,
     # Policy == reference == old policy: the first inner update of a batch.
-    'old_logp': jnp.full((rows, sched.num_tokens), -np.log(cfg.vocab_size)),
-    'ref_logp': jnp.full((rows, sched.num_tokens), -np.log(cfg.vocab_size)),
+    'old_logp': jnp.full((rows, sched.num_tokens), -np.log(vocab)),
+    'ref_logp': jnp.full((rows, sched.num_tokens), -np.log(vocab)),
     'advantages': jax.random.normal(k_adv, (rows,)),
     'mask': jnp.ones((rows, sched.num_tokens)),
     'weights': jnp.asarray(panw.token_weights(sched, alpha)),

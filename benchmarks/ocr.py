@@ -155,7 +155,7 @@ def time_rl_updates(config, updates: int) -> list[str]:
   import jax
 
   from varrl_jax.data import synthetic
-  from varrl_jax.models.var import build_model
+  from varrl_jax.models.family import build_model
   from varrl_jax.rewards.service import make_pool
   from varrl_jax.rl import loop
   from varrl_jax.weights import load_weights

@@ -23,8 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli, sampling
-from varrl_jax.models import text
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
@@ -61,12 +60,12 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def compile_program(name, sampler, params, ids, mask):
+def compile_program(name, sampler, params, cond):
   key = jax.random.key(0)
   t = time.perf_counter()
-  compiled = sampler.program(name).lower(params, ids, mask, key).compile()
+  compiled = sampler.program(name).lower(params, cond, key).compile()
   compile_s = time.perf_counter() - t
-  out = jax.block_until_ready(compiled(params, ids, mask, key))
+  out = jax.block_until_ready(compiled(params, cond, key))
   return compiled, out, compile_s
 
 
@@ -89,8 +88,8 @@ def main(argv):
   batch = _BATCH.value or config.sampling.batch_size
   opts = SamplingOptions.from_config(config.sampling)
   params = model.init(jax.random.key(0))
-  prompts = [f"a wooden sign that reads 'WORD{i}'" for i in range(batch)]
-  ids, mask = text.encode(prompts, config.model.text_len)
+  examples = model.example_prompts
+  cond = model.encode_prompts([examples[i % len(examples)] for i in range(batch)])
   sampler = sampling.Sampler(model, opts)
   peak = matmul_peak()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}')
@@ -108,11 +107,9 @@ def main(argv):
   compiled, outs, compile_s = {}, {}, {}
   for name in ('sample', 'recompute'):
     compiled[name], outs[name], compile_s[name] = compile_program(
-      name, sampler, params, ids, mask
+      name, sampler, params, cond
     )
-  step_s = interleaved_times(
-    compiled, (params, ids, mask, jax.random.key(0)), _RUNS.value
-  )
+  step_s = interleaved_times(compiled, (params, cond, jax.random.key(0)), _RUNS.value)
   for name, label in (('sample', 'kv-cache '), ('recompute', 'recompute')):
     flops = _flops(compiled[name])
     print(

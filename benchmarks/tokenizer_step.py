@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from varrl_jax import cli
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.pretrain import loop
 from varrl_jax.pretrain import tokenizer_stage as stage
 

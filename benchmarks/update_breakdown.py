@@ -44,7 +44,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.rl import loop
 from varrl_jax.weights import load_weights

@@ -60,7 +60,7 @@ def toy_config():
 @pytest.fixture(scope='session')
 def toy():
   """(config, model, params) of the toy model, built once per session."""
-  from varrl_jax.models.var import build_model
+  from varrl_jax.models.family import build_model
 
   config = toy_config()
   model = build_model(config)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import toy_config
 from varrl_jax import checkpoint
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 # A restore of a damaged checkpoint leaves orbax futures whose callbacks fire
 # after their event loop closed, in whichever test runs next: harmless noise.

@@ -22,7 +22,7 @@ import pytest
 
 from tests import multihost_worker
 from varrl_jax import checkpoint
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.writers import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

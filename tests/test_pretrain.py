@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import toy_config
 from varrl_jax import checkpoint
 from varrl_jax.data import batches as batches_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.pretrain import loop, tokenizer_stage, transformer_stage
 from varrl_jax.writers import read_jsonl
 

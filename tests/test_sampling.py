@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from varrl_jax import sampling
-from varrl_jax.models import text
 from varrl_jax.policy import SamplingOptions
 
 PROMPTS = ["a sign that reads 'OPEN'", "a poster that reads 'HOT'", "a label: 'TEA'"]
@@ -14,7 +13,7 @@ PAPER = SamplingOptions(cfg_scale=5.0, top_k=2, top_p=0.9)  # the paper's rollou
 
 
 def _prompts(model, prompts=PROMPTS):
-  return text.encode(prompts, model.cfg.text_len)
+  return model.encode_prompts(prompts)
 
 
 @pytest.fixture(scope='module')
@@ -36,9 +35,9 @@ def samplers(toy):
 def test_teacher_forced_logprobs_equal_sampler_logprobs(toy, samplers, name):
   _, model, params = toy
   s = samplers[name]
-  ids, mask = _prompts(model)
-  out = s.sample(params, ids, mask, jax.random.key(3))
-  lp = sampling.logprobs(model, params, ids, mask, out.tokens, s.opts)
+  cond = _prompts(model)
+  out = s.sample(params, cond, jax.random.key(3))
+  lp = sampling.logprobs(model, params, cond, out.tokens, s.opts)
   assert lp.shape == out.tokens.shape == (3, model.schedule.num_tokens)
   assert float(jnp.abs(lp - out.logprobs).max()) <= 1e-4
   assert bool(jnp.all(out.logprobs <= 0))
@@ -46,8 +45,8 @@ def test_teacher_forced_logprobs_equal_sampler_logprobs(toy, samplers, name):
 
 def test_outputs_shapes_and_scale_index(toy, samplers):
   _, model, params = toy
-  ids, mask = _prompts(model)
-  out = samplers['paper'].sample(params, ids, mask, jax.random.key(0))
+  cond = _prompts(model)
+  out = samplers['paper'].sample(params, cond, jax.random.key(0))
   assert out.tokens.dtype == jnp.int32
   assert int(out.tokens.max()) < model.cfg.vocab_size
   np.testing.assert_array_equal(out.scale_index, model.schedule.scale_index)
@@ -59,11 +58,11 @@ def test_outputs_shapes_and_scale_index(toy, samplers):
 def test_same_key_same_images_and_no_retrace(toy, samplers):
   _, model, params = toy
   s = samplers['paper']
-  ids, mask = _prompts(model)
-  a = s.sample(params, ids, mask, jax.random.key(5))
+  cond = _prompts(model)
+  a = s.sample(params, cond, jax.random.key(5))
   traces = s.trace_count
-  b = s.sample(params, ids, mask, jax.random.key(5))
-  c = s.sample(params, ids, mask, jax.random.key(6))
+  b = s.sample(params, cond, jax.random.key(5))
+  c = s.sample(params, cond, jax.random.key(6))
   assert s.trace_count == traces, 'same shapes must not retrace'
   np.testing.assert_array_equal(a.images, b.images)
   np.testing.assert_array_equal(a.tokens, b.tokens)
@@ -73,9 +72,9 @@ def test_same_key_same_images_and_no_retrace(toy, samplers):
 def test_kv_cache_matches_recompute(toy, samplers):
   _, model, params = toy
   s = samplers['paper']
-  ids, mask = _prompts(model)
-  a = s.sample(params, ids, mask, jax.random.key(9))
-  b = s.sample_recompute(params, ids, mask, jax.random.key(9))
+  cond = _prompts(model)
+  a = s.sample(params, cond, jax.random.key(9))
+  b = s.sample_recompute(params, cond, jax.random.key(9))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 
@@ -83,10 +82,10 @@ def test_kv_cache_matches_recompute(toy, samplers):
 def test_branch_shares_the_prefix_and_matches_teacher_forcing(toy, samplers):
   _, model, params = toy
   s = samplers['paper']
-  ids, mask = _prompts(model)
+  cond = _prompts(model)
   m, k = 1, 2
-  state = s.sample_prefix(params, ids, mask, jax.random.key(1), m)
-  full = s.sample(params, ids, mask, jax.random.key(1))
+  state = s.sample_prefix(params, cond, jax.random.key(1), m)
+  full = s.sample(params, cond, jax.random.key(1))
   split = model.schedule.offsets[m + 1]
   # The prefix is the full sampler's first m + 1 scales.
   np.testing.assert_array_equal(state.tokens[:, :split], full.tokens[:, :split])
@@ -99,7 +98,7 @@ def test_branch_shares_the_prefix_and_matches_teacher_forcing(toy, samplers):
   suffix = np.asarray(out.tokens[:, split:]).reshape(3, k, -1)
   assert not np.array_equal(suffix[:, 0], suffix[:, 1]), 'branches must differ'
   lp = sampling.logprobs(
-    model, params, np.repeat(ids, k, 0), np.repeat(mask, k, 0), out.tokens, s.opts
+    model, params, jax.tree.map(lambda x: np.repeat(x, k, 0), cond), out.tokens, s.opts
   )
   assert float(jnp.abs(lp - out.logprobs).max()) <= 1e-4
 
@@ -107,10 +106,10 @@ def test_branch_shares_the_prefix_and_matches_teacher_forcing(toy, samplers):
 def test_branch_validates_arguments(toy, samplers):
   _, model, params = toy
   s = samplers['plain']
-  ids, mask = _prompts(model)
+  cond = _prompts(model)
   with pytest.raises(ValueError, match=r'split scale m=3 out of range \[0, 2\]'):
-    s.sample_prefix(params, ids, mask, jax.random.key(0), 3)
-  state = s.sample_prefix(params, ids, mask, jax.random.key(0), 0)
+    s.sample_prefix(params, cond, jax.random.key(0), 3)
+  state = s.sample_prefix(params, cond, jax.random.key(0), 0)
   with pytest.raises(ValueError, match='num_branches must be >= 1'):
     s.branch(params, state, jax.random.key(0), 0, 0)
 
@@ -135,11 +134,11 @@ def test_filter_logits_top_k_and_top_p():
 def test_greedy_is_argmax(toy):
   _, model, params = toy
   s = sampling.Sampler(model, SamplingOptions(temperature=0.0))
-  ids, mask = _prompts(model)
-  a = s.sample(params, ids, mask, jax.random.key(0))
-  b = s.sample(params, ids, mask, jax.random.key(1))
+  cond = _prompts(model)
+  a = s.sample(params, cond, jax.random.key(0))
+  b = s.sample(params, cond, jax.random.key(1))
   np.testing.assert_array_equal(a.tokens, b.tokens)
-  logits = sampling.logprobs(model, params, ids, mask, a.tokens, s.opts)
+  logits = sampling.logprobs(model, params, cond, a.tokens, s.opts)
   assert logits.shape == a.tokens.shape
 
 

@@ -11,8 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from tests.conftest import toy_config
 from varrl_jax import parallel, sampling
-from varrl_jax.models import text
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, panw
 
@@ -66,11 +65,11 @@ def test_shard_sampler_gives_the_same_tokens():
   mesh = parallel.make_mesh(c.mesh)
   params, _ = parallel.sharded_init(model, jax.random.key(0), mesh)
   single = model.init(jax.random.key(0))
-  ids, mask = text.encode(["a sign that reads 'OPEN'"] * 4, c.model.text_len)
+  cond = model.encode_prompts(["a sign that reads 'OPEN'"] * 4)
   s = sampling.Sampler(model, SamplingOptions(cfg_scale=3.0, top_k=8))
-  a = s.sample(single, ids, mask, jax.random.key(1))
-  sharded = parallel.shard_batch(mesh, {'ids': ids, 'mask': mask}, 4)
-  b = s.sample(params, sharded['ids'], sharded['mask'], jax.random.key(1))
+  a = s.sample(single, cond, jax.random.key(1))
+  sharded = parallel.shard_batch(mesh, cond, 4)
+  b = s.sample(params, sharded, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
 
@@ -82,14 +81,11 @@ def test_shard_grpo_update_equals_single_device():
   mesh = parallel.make_mesh(c.mesh)
   single = model.init(jax.random.key(0))
   opts = SamplingOptions(cfg_scale=3.0, top_k=8)
-  ids, mask = text.encode(
-    ["a sign that reads 'OPEN'", "a poster: 'SALE'"] * 2, c.model.text_len
-  )
-  out = sampling.Sampler(model, opts).sample(single, ids, mask, jax.random.key(2))
+  cond = model.encode_prompts(["a sign that reads 'OPEN'", "a poster: 'SALE'"] * 2)
+  out = sampling.Sampler(model, opts).sample(single, cond, jax.random.key(2))
   inputs = model.teacher_inputs(single, out.tokens)
   batch = {
-    'text_ids': jnp.asarray(ids),
-    'text_mask': jnp.asarray(mask),
+    'cond': jax.tree.map(jnp.asarray, cond),
     'inputs': inputs,
     'tokens': out.tokens,
     'old_logp': out.logprobs,
@@ -124,12 +120,11 @@ def _grpo_batch(c, model, params, rows=4):
   """A GRPO batch on the host (numpy), from one single-device rollout."""
   opts = SamplingOptions(cfg_scale=3.0, top_k=8)
   prompts = ["a sign that reads 'OPEN'", "a poster: 'SALE'"] * (rows // 2)
-  ids, mask = text.encode(prompts, c.model.text_len)
-  out = sampling.Sampler(model, opts).sample(params, ids, mask, jax.random.key(2))
+  cond = model.encode_prompts(prompts)
+  out = sampling.Sampler(model, opts).sample(params, cond, jax.random.key(2))
   inputs = model.teacher_inputs(params, out.tokens)
   batch = {
-    'text_ids': ids,
-    'text_mask': mask,
+    'cond': cond,
     'inputs': inputs,
     'tokens': out.tokens,
     'old_logp': out.logprobs,
@@ -143,8 +138,8 @@ def _grpo_batch(c, model, params, rows=4):
   return opts, jax.tree.map(np.asarray, batch)
 
 
-def _place_batch(mesh, batch):
-  return parallel.put(batch, grpo.batch_shardings(mesh))
+def _place_batch(mesh, batch, model):
+  return parallel.put(batch, grpo.batch_shardings(mesh, model))
 
 
 @pytest.mark.parametrize('optimizer_name', ['sgd', 'adamw'])
@@ -179,7 +174,7 @@ def test_shard_explicit_train_step_matches_single_device(optimizer_name):
   state = parallel.put(
     grpo.init_state(single['transformer'], optimizer), shardings, copy=True
   )
-  s2, m2, lp2 = step(state, _place_batch(mesh, batch))
+  s2, m2, lp2 = step(state, _place_batch(mesh, batch, model))
 
   np.testing.assert_allclose(float(m1['loss']), float(m2['loss']), rtol=1e-5)
   np.testing.assert_allclose(float(m1['grad_norm']), float(m2['grad_norm']), rtol=1e-5)
@@ -212,7 +207,8 @@ def test_shard_explicit_train_step_matches_single_device(optimizer_name):
   assert lp2.sharding.is_equivalent_to(parallel.batch_sharding(mesh, 2), 2)
   # A second step takes the first one's outputs as they are (no resharding).
   s3, _, _ = step(
-    s2, _place_batch(mesh, dict(batch, old_logp=lp2, on_policy=np.float32(0.0)))
+    s2,
+    _place_batch(mesh, dict(batch, old_logp=lp2, on_policy=np.float32(0.0)), model),
   )
   assert int(s3.step) == 2
 
@@ -224,12 +220,12 @@ def test_shard_explicit_logprob_fn_matches_single_device():
   mesh = parallel.make_mesh(c.mesh)
   single = model.init(jax.random.key(0))
   opts, batch = _grpo_batch(c, model, single)
-  keys = ('text_ids', 'text_mask', 'inputs', 'tokens')
+  keys = ('cond', 'inputs', 'tokens')
   a = grpo.make_logprob_fn(model, opts)(
     single['transformer'], *(batch[k] for k in keys)
   )
   params = parallel.put(single, parallel.param_shardings(model, mesh))
-  placed = _place_batch(mesh, batch)
+  placed = _place_batch(mesh, batch, model)
   fn = grpo.make_logprob_fn(model, opts, mesh=mesh)
   b = fn(params['transformer'], *(placed[k] for k in keys))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
@@ -245,14 +241,14 @@ def test_shard_explicit_sampler_gives_the_same_tokens():
   model = build_model(c)
   mesh = parallel.make_mesh(c.mesh)
   single = model.init(jax.random.key(0))
-  ids, mask = text.encode(["a sign that reads 'OPEN'"] * 4, c.model.text_len)
+  cond = model.encode_prompts(["a sign that reads 'OPEN'"] * 4)
   opts = SamplingOptions(cfg_scale=3.0, top_k=8)
   plain, sharded = (
     sampling.Sampler(model, opts),
     sampling.Sampler(model, opts, mesh=mesh),
   )
-  a = plain.sample(single, ids, mask, jax.random.key(1))
-  b = sharded.sample(single, ids, mask, jax.random.key(1))
+  a = plain.sample(single, cond, jax.random.key(1))
+  b = sharded.sample(single, cond, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
@@ -260,19 +256,19 @@ def test_shard_explicit_sampler_gives_the_same_tokens():
     assert x.sharding.is_equivalent_to(parallel.batch_sharding(mesh, x.ndim), x.ndim)
 
   params = parallel.put(single, parallel.param_shardings(model, mesh))
-  state = sharded.sample_prefix(params, ids, mask, jax.random.key(4), 0)
+  state = sharded.sample_prefix(params, cond, jax.random.key(4), 0)
   assert state.cache['k'].sharding.spec == P(None, ('data', 'fsdp'))
   c2 = sharded.branch(params, state, jax.random.key(5), 0, 2)
   ref = plain.branch(
     single,
-    plain.sample_prefix(single, ids, mask, jax.random.key(4), 0),
+    plain.sample_prefix(single, cond, jax.random.key(4), 0),
     jax.random.key(5),
     0,
     2,
   )
   np.testing.assert_array_equal(np.asarray(ref.tokens), np.asarray(c2.tokens))
   with pytest.raises(ValueError, match='do not divide over data x fsdp'):
-    sharded.sample(params, ids[:3], mask[:3], jax.random.key(1))
+    sharded.sample(params, jax.tree.map(lambda x: x[:3], cond), jax.random.key(1))
 
 
 def _trainer_config():

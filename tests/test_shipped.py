@@ -10,8 +10,7 @@ import pytest
 
 from varrl_jax import checkpoint, cli, sampling
 from varrl_jax.data import synthetic
-from varrl_jax.models import text as text_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.weights import SHIPPED_TINY, load_weights
 
@@ -63,11 +62,11 @@ def shipped_samples():
   # 32 prompts: at the shipped model's held-out Word Accuracy (~0.16 with the
   # config's sampling) a batch this size misses every word with p < 0.5 %.
   prompts = synthetic.prompts('heldout', 32, seed=0, variety=variety)
-  ids, mask = text_lib.encode([p.prompt for p in prompts], config.model.text_len)
+  cond = model.encode_prompts([p.prompt for p in prompts])
   sampler = sampling.Sampler(model, SamplingOptions.from_config(config.sampling))
   key = jax.random.key(7)
-  a = np.asarray(sampler.sample(params, ids, mask, key).images)
-  b = np.asarray(sampler.sample(params, ids, mask, key).images)
+  a = np.asarray(sampler.sample(params, cond, key).images)
+  b = np.asarray(sampler.sample(params, cond, key).images)
   return config, prompts, a, b
 
 

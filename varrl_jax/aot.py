@@ -48,8 +48,7 @@ from ml_collections import config_flags
 
 from varrl_jax import cli, parallel
 from varrl_jax.models import attention as attn_lib
-from varrl_jax.models import transformer as tr_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
 # Flags are defined only when run as a program: importing this module (the
@@ -214,6 +213,13 @@ class Program:
   model_flops: float  # per chip, `train_flops` / `sample_flops`
 
 
+def _cond_input(mesh, model, batch: int):
+  """The family's conditioning of ``batch`` rows as sharded abstract inputs."""
+  return jax.tree.map(
+    lambda x: _batch_input(mesh, x.shape, x.dtype, batch), model.cond_spec(batch)
+  )
+
+
 def _compile(jitted, *args):
   """(compiled or None, error message, seconds). The TPU compiler refuses a
   program whose buffers exceed HBM; that is a finding here, not a crash."""
@@ -254,13 +260,12 @@ def compile_programs(config, mesh) -> Iterator[Program]:
   ref_bytes = _bytes_per_device(abstract_params['transformer'])
   opt_bytes = _bytes_per_device(abstract_state.opt_state)
 
-  sched, cfg = model.schedule, model.cfg
+  sched, dims = model.schedule, model.dims
   b = rl.prompts_per_update * rl.group_size
-  n, t_t, c = sched.num_tokens, cfg.text_len, cfg.latent_dim
+  n, t_t, c = sched.num_tokens, dims.prefix_len, model.latent_dim
   f32 = jnp.float32
   batch = {
-    'text_ids': _batch_input(mesh, (b, t_t), jnp.int32, b),
-    'text_mask': _batch_input(mesh, (b, t_t), jnp.bool_, b),
+    'cond': _cond_input(mesh, model, b),
     'inputs': _batch_input(mesh, (b, n, c), f32, b),
     'tokens': _batch_input(mesh, (b, n), jnp.int32, b),
     'old_logp': _batch_input(mesh, (b, n), f32, b),
@@ -289,7 +294,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     ref_bytes,
     'reference params',
     seconds,
-    train_flops(cfg, 2 * b if cfg_rows else b, cfg.schedule.num_scales) / mesh.size,
+    train_flops(dims, 2 * b if cfg_rows else b, sched.num_scales) / mesh.size,
   )
 
   if rl.prompts_per_update % rl.rollout_chunks:
@@ -302,8 +307,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
   key = jax.eval_shape(lambda: jax.random.key(0))
   args = (
     abstract_params,
-    _batch_input(mesh, (sb, t_t), jnp.int32, sb),
-    _batch_input(mesh, (sb, t_t), jnp.bool_, sb),
+    _cond_input(mesh, model, sb),
     jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
   )
   with parallel.mesh_context(mesh):
@@ -318,7 +322,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     ref_bytes + opt_bytes,
     'reference params + optimizer state',
     seconds,
-    sample_flops(cfg, 2 * sb if opts.uses_uncond else sb) / mesh.size,
+    sample_flops(dims, 2 * sb if opts.uses_uncond else sb) / mesh.size,
   )
 
 
@@ -346,11 +350,14 @@ class Fit:
 def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
   """FLOPs of one forward pass of one row: queries at positions
   [first, first + num_queries) against the keys before them (block-causal);
-  ``head``: the vocabulary head on the image tokens among them."""
+  ``head``: the vocabulary head on the image tokens among them. ``cfg`` is
+  the family's `TransformerDims` (per-row AdaLN projections are not
+  counted: one matmul per row, not per token)."""
   d, h, g, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  per_token = 2 * d * (h + 2 * g) * hd + 2 * h * hd * d + 6 * d * cfg.mlp_dim
-  keys = tr_lib.sequence_segments(cfg, 0, first + num_queries)
-  queries = tr_lib.sequence_segments(cfg, first, num_queries)
+  per_token = 2 * d * (h + 2 * g) * hd + 2 * h * hd * d
+  per_token += 2 * cfg.mlp_mats * d * cfg.mlp_dim
+  keys = cfg.segments(0, first + num_queries)
+  queries = cfg.segments(first, num_queries)
   visible = float((attn_lib.last_visible_key(queries, keys) + 1).sum())
   flops = cfg.num_layers * (num_queries * per_token + 4 * h * hd * visible)
   return flops + (2 * d * cfg.vocab_size * int((queries > 0).sum()) if head else 0.0)
@@ -358,7 +365,7 @@ def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
 
 def train_flops(cfg, rows: int, num_scales: int) -> float:
   """Forward, backward (2x) and, with remat, the recomputed forward."""
-  n = cfg.text_len + int(cfg.schedule.offsets[num_scales])
+  n = cfg.prefix_len + int(cfg.schedule.offsets[num_scales])
   fwd = rows * pass_flops(cfg, 0, n, head=True)
   return fwd * (3 + (cfg.remat != 'none'))
 
@@ -366,10 +373,10 @@ def train_flops(cfg, rows: int, num_scales: int) -> float:
 def sample_flops(cfg, rows: int) -> float:
   """Prefill, then every scale against the KV cache."""
   sched = cfg.schedule
-  flops = pass_flops(cfg, 0, cfg.text_len, head=False)
+  flops = pass_flops(cfg, 0, cfg.prefix_len, head=False) if cfg.prefix_len else 0.0
   for s in range(sched.num_scales):
     flops += pass_flops(
-      cfg, cfg.text_len + int(sched.offsets[s]), int(sched.counts[s]), True
+      cfg, cfg.prefix_len + int(sched.offsets[s]), int(sched.counts[s]), True
     )
   return rows * flops
 

@@ -195,7 +195,7 @@ def load_params(
 
   Args:
     path: a checkpoint directory written by `save_params`.
-    model: a `VarModel` built from the current config; its abstract
+    model: a `NextScaleModel` built from the current config; its abstract
       parameters fix the expected structure, shapes and dtypes.
     parts: which of PARTS to load.
     recreate: the command shown in errors; default: the manifest's

@@ -60,8 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
   # The same parameters and, up to rounding, the same numbers.
   c.tokenizer.conv_weight_grad = 'auto'
 
-  # Next-scale transformer (varrl_jax/models/transformer.py).
+  # The model family (varrl_jax/models/family.py): 'varrl' (our text-prefix
+  # model below, pretrained by varrl_jax.pretrain) or 'var' (the official
+  # FoundationVision/VAR class-conditional model, c.model.var; its VQ-VAE
+  # reads c.tokenizer: channels = ch * ch_mult, phi_count = share_quant_resi).
   c.model = ml_collections.ConfigDict()
+  c.model.family = 'varrl'
+  # Next-scale transformer of the 'varrl' family (varrl_jax/models/transformer.py).
   c.model.num_layers = 4
   c.model.d_model = 256
   c.model.num_heads = 4
@@ -85,10 +90,22 @@ def base_config() -> ml_collections.ConfigDict:
   # position embeddings only).
   c.model.quote_slots = 0
 
+  # The 'var' family's transformer (varrl_jax/models/var_official): the
+  # official build_vae_var sizes are depth d, width 64 d, d heads.
+  c.model.var = ml_collections.ConfigDict()
+  c.model.var.depth = 16
+  c.model.var.embed_dim = 0  # 0 = 64 * depth
+  c.model.var.num_heads = 0  # 0 = depth
+  c.model.var.mlp_ratio = 4.0
+  c.model.var.num_classes = 1000  # class_emb has num_classes + 1 rows (null)
+  c.model.var.shared_aln = False  # True for var_d36 (one AdaLN projection)
+
   # Rollouts and the policy distribution (varrl_jax/sampling.py, policy.py).
   c.sampling = ml_collections.ConfigDict()
   c.sampling.cfg_scale = 1.0  # w in l_u + w (l_c - l_u); 1 = no guidance
-  c.sampling.cfg_schedule = 'constant'  # 'constant' | 'linear' ramp over scales
+  # 'constant' | 'linear' ramp over scales | 'var' (the official VAR ramp
+  # (1 + t) l_c - t l_u, t = cfg_scale s / (S - 1); cfg_scale 0 = no guidance)
+  c.sampling.cfg_schedule = 'constant'
   c.sampling.temperature = 1.0  # 0 = greedy
   c.sampling.top_k = 0  # 0 = off
   c.sampling.top_p = 1.0  # 1 = off

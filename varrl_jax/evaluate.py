@@ -24,7 +24,7 @@ from varrl_jax import cli, fs
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.weights import load_weights
 
@@ -61,7 +61,7 @@ def run(
   )
   model = build_model(config)
   # Fail fast on bad prompts, before any compile.
-  evaluator.encode_prompts(prompts, config.model.text_len, config.eval.truncate_prompts)
+  evaluator.encode_prompts(model, prompts, config.eval.truncate_prompts)
   if source != 'samples' and spec.startswith('cvtg:'):
     raise ValueError(
       f'--source={source} needs ground-truth renders: use a synthetic --split, '

@@ -38,7 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from varrl_jax import checkpoint, cli
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 # Flags are defined only when run as a program: importing this module (the
 # tests do) next to another CLI module must not define --config twice.

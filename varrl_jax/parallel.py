@@ -46,6 +46,12 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ('image_length', None),
   ('scales', None),
   ('latent', None),
+  # The VAR family (models/var_official): class table, AdaLN modulations.
+  ('classes', None),
+  ('start_length', None),
+  ('cond_embed', None),
+  ('adaln', None),
+  ('qkv', None),
 )
 
 
@@ -109,6 +115,12 @@ def mesh_context(mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading axis over ('data', 'fsdp'), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(('data', 'fsdp'), *([None] * (ndim - 1))))
+
+
+def rows_like(mesh: Mesh, tree):
+  """`batch_sharding` of every leaf of ``tree`` (arrays or ShapeDtypeStructs
+  whose leading axis is the batch), by the leaf's rank."""
+  return jax.tree.map(lambda x: batch_sharding(mesh, len(x.shape)), tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

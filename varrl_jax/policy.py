@@ -4,10 +4,12 @@ Classifier-free guidance mixes conditional and unconditional logits,
 
     l_guided = l_uncond + w_s (l_cond - l_uncond),
 
-with ``w_s = w`` (``cfg_schedule='constant'``) or ``w_s = 1 + (w - 1) s / (S-1)``
-(``'linear'``: our ramp from 1 at the first scale to w at the last; VAR's
-ramp ends at 1 + w). Which distribution is "the policy" for RL is the
-``policy`` option:
+with ``w_s = w`` (``cfg_schedule='constant'``), ``w_s = 1 + (w - 1) s / (S-1)``
+(``'linear'``: our ramp from 1 at the first scale to w at the last) or
+``w_s = 1 + w s / (S-1)`` (``'var'``: the official VAR sampler's
+``(1 + t) l_cond - t l_uncond`` with ``t = cfg s / (S-1)``, so ``cfg_scale``
+is their ``cfg`` and the ramp ends at 1 + w). Which distribution is "the
+policy" for RL is the ``policy`` option:
 
 - ``cfg``: log_softmax(l_guided / T), T the rollout temperature: exactly the
   distribution CFG rollouts draw from before truncation (on-policy);
@@ -25,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
-from varrl_jax.models import text as text_lib
-from varrl_jax.models.var import VarModel
+from varrl_jax.models.family import Cond, NextScaleModel
+
+CFG_SCHEDULES = ('constant', 'linear', 'var')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +47,9 @@ class SamplingOptions:
   policy: str = 'cfg'
 
   def __post_init__(self):
-    if self.cfg_schedule not in ('constant', 'linear'):
+    if self.cfg_schedule not in CFG_SCHEDULES:
       raise ValueError(
-        f"config.sampling.cfg_schedule must be 'constant' or 'linear', "
+        f'config.sampling.cfg_schedule must be one of {CFG_SCHEDULES}, '
         f'got {self.cfg_schedule!r}'
       )
     if self.policy not in ('cfg', 'cond'):
@@ -77,7 +79,7 @@ class SamplingOptions:
   @property
   def uses_uncond(self) -> bool:
     """Whether rollouts need the unconditional branch at all."""
-    return self.cfg_scale != 1.0
+    return self.cfg_scale != (0.0 if self.cfg_schedule == 'var' else 1.0)
 
   @property
   def logprob_temperature(self) -> float:
@@ -85,18 +87,11 @@ class SamplingOptions:
 
   def guidance(self, s: int, num_scales: int) -> float:
     """w_s of scale s."""
+    if self.cfg_schedule == 'var':
+      return 1.0 + self.cfg_scale * s / max(num_scales - 1, 1)
     if self.cfg_schedule == 'linear' and num_scales > 1:
       return 1.0 + (self.cfg_scale - 1.0) * s / (num_scales - 1)
     return self.cfg_scale
-
-
-def with_null_prompt(text_ids, text_mask):
-  """[cond; uncond] stacked on the batch axis: [2B, T_t]."""
-  null_ids, null_mask = text_lib.null_prompt(text_ids.shape[0], text_ids.shape[1])
-  return (
-    jnp.concatenate([text_ids, jnp.asarray(null_ids)], axis=0),
-    jnp.concatenate([text_mask, jnp.asarray(null_mask)], axis=0),
-  )
 
 
 def guide(logits_cond, logits_uncond, w):
@@ -105,25 +100,17 @@ def guide(logits_cond, logits_uncond, w):
 
 
 def policy_logits(
-  model: VarModel,
-  params: dict,
-  text_ids,
-  text_mask,
-  tokens_bl,
-  opts: SamplingOptions,
+  model: NextScaleModel, params: dict, cond: Cond, tokens_bl, opts: SamplingOptions
 ):
-  """Teacher-forced policy logits [B, L, V], already divided by T."""
+  """Teacher-forced policy logits [B, L, ...], already divided by T."""
   inputs = model.teacher_inputs(params, tokens_bl)
-  return policy_logits_from_inputs(
-    model, params['transformer'], text_ids, text_mask, inputs, opts
-  )
+  return policy_logits_from_inputs(model, params['transformer'], cond, inputs, opts)
 
 
 def policy_logits_from_inputs(
-  model: VarModel,
+  model: NextScaleModel,
   transformer_params,
-  text_ids,
-  text_mask,
+  cond: Cond,
   inputs_blc,
   opts: SamplingOptions,
 ):
@@ -133,30 +120,22 @@ def policy_logits_from_inputs(
   step computes them once per rollout batch and differentiates this part.
   """
   if opts.uses_uncond and opts.policy == 'cfg':
-    ids2, mask2 = with_null_prompt(text_ids, text_mask)
     inputs = jnp.concatenate([inputs_blc, inputs_blc], axis=0)
-    logits = model.transformer.apply(transformer_params, ids2, mask2, inputs)
-    cond, uncond = jnp.split(logits, 2, axis=0)
+    logits = model.logits(transformer_params, model.with_null(cond), inputs)
+    cond_logits, uncond = jnp.split(logits, 2, axis=0)
     sched = model.schedule
     w = jnp.asarray(
       [opts.guidance(s, sched.num_scales) for s in sched.scale_index], jnp.float32
-    )[None, :, None]
-    logits = guide(cond, uncond, w)
-  else:
-    logits = model.transformer.apply(
-      transformer_params, text_ids, text_mask, inputs_blc
     )
+    w = w.reshape(1, -1, *([1] * (logits.ndim - 2)))
+    logits = guide(cond_logits, uncond, w)
+  else:
+    logits = model.logits(transformer_params, cond, inputs_blc)
   return logits / opts.logprob_temperature
 
 
-def token_logprobs(logits_blv, tokens_bl):
-  """log_softmax(logits)[token], [B, L]."""
-  logp = jax.nn.log_softmax(logits_blv, axis=-1)
-  return jnp.take_along_axis(logp, tokens_bl[..., None], axis=-1)[..., 0]
-
-
-def logprobs(model: VarModel, params: dict, text_ids, text_mask, tokens_bl, opts):
+def logprobs(model: NextScaleModel, params: dict, cond: Cond, tokens_bl, opts):
   """Teacher-forced log pi(token) of every image token, float32 [B, L]."""
-  return token_logprobs(
-    policy_logits(model, params, text_ids, text_mask, tokens_bl, opts), tokens_bl
+  return model.dist.token_logprobs(
+    policy_logits(model, params, cond, tokens_bl, opts), tokens_bl
   )

@@ -2,9 +2,15 @@ r"""Sample images for prompts with the KV-cached sampler and OCR them.
 
   python -m varrl_jax.sample --config=configs/tiny.py \
       --prompt="a wooden sign that reads 'OPEN'" --workdir=/tmp/varrl_sample
+  python -m varrl_jax.sample --config=configs/var.py:16 \
+      --config.init_checkpoint=DIR --prompt=207 --prompt=88 --ocr=none
 
-Writes ``WORKDIR/samples.png`` (one row per prompt, OCR text under each
-image) and prints what the OCR engine read. ``--reconstruct=IMAGE.png``
+A prompt is whatever the model family conditions on: text for ``varrl``, an
+ImageNet class id for the class-conditional ``var`` family. Writes
+``WORKDIR/samples.png`` (one row per prompt, OCR text under each image) and
+``WORKDIR/samples.npz`` (``tokens`` int32 [N, L], every image's token ids in
+schedule order; ``scale_index`` int32 [L]; ``images`` uint8 [N, H, W, 3];
+``prompts`` [N]), and prints what the OCR engine read. ``--reconstruct=IMAGE.png``
 instead round-trips an image through the tokenizer (encode to the scales,
 decode) and writes the pair.
 """
@@ -21,8 +27,7 @@ from ml_collections import config_flags
 
 from varrl_jax import checkpoint, cli, sampling
 from varrl_jax import images as images_lib
-from varrl_jax.models import text as text_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,13 +35,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _PROMPTS = flags.DEFINE_multi_string(
   'prompt',
-  [
-    "a wooden sign on a wall that reads 'OPEN'",
-    "a red poster that reads 'SALE'",
-    "a shop front with a banner that reads 'CAFE'",
-    "a chalkboard that reads 'HOT' and 'TEA'",
-  ],
-  'Prompt(s); repeat the flag for several.',
+  [],
+  "Prompt(s); repeat the flag for several (default: the family's examples).",
 )
 _NUM = flags.DEFINE_integer('num_per_prompt', 4, 'Images per prompt.')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/sample', 'Output folder.')
@@ -80,8 +80,9 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
   if reconstruct:
     image = _load_png(reconstruct, model.schedule.image_size)
   else:
+    prompts = list(prompts) or list(model.example_prompts)
     batch = [p for p in prompts for _ in range(num_per_prompt)]
-    ids, mask = text_lib.encode(batch, config.model.text_len)
+    cond = model.encode_prompts(batch)
     opts = SamplingOptions.from_config(config.sampling)
   if config.init_checkpoint:
     params = checkpoint.load_params(
@@ -110,8 +111,15 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
 
   sampler = sampling.Sampler(model, opts)
   t0 = time.time()
-  out = sampler.sample(params, ids, mask, jax.random.key(seed))
+  out = sampler.sample(params, cond, jax.random.key(seed))
   imgs = np.asarray(jax.device_get(out.images))
+  npz = _save_npz(
+    os.path.join(workdir, 'samples.npz'),
+    tokens=np.asarray(jax.device_get(out.tokens), np.int32),
+    scale_index=np.asarray(out.scale_index, np.int32),
+    images=imgs,
+    prompts=np.asarray(batch),
+  )
   print(
     f'sampled {len(batch)} images of {model.schedule.num_tokens} tokens '
     f'in {time.time() - t0:.1f}s (incl. compile)'
@@ -128,6 +136,15 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
     scale=2,
   )
   print(f'image grid written to {path}')
+  print(f'token ids and images written to {npz}')
+
+
+def _save_npz(path: str, **arrays) -> str:
+  """Writes the arrays to ``path`` atomically (a temporary file, then rename)."""
+  tmp = f'{path}.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return path
 
 
 def main(argv):

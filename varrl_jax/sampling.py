@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,16 +33,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
-from varrl_jax.models import transformer as tr_lib
-from varrl_jax.models.var import VarModel
+from varrl_jax.models.distributions import draw, filter_logits  # noqa: F401
+from varrl_jax.models.family import Cond, NextScaleModel
 from varrl_jax.policy import SamplingOptions
 
 
 class SamplerState(NamedTuple):
   """Everything needed to continue sampling after some scales."""
 
-  cache: tr_lib.Cache  # [layers, nb * B, T_t + L, G, D]; nb = 2 with CFG
-  text_mask: jnp.ndarray  # bool [nb * B, T_t]
+  cache: dict  # leaves [layers, nb * B, ...]; nb = 2 with CFG
+  ctx: dict  # the family's per-row context for `step`, leaves [nb * B, ...]
   f_hat: jnp.ndarray  # [B, h, w, C], sum of h_s over the scales done
   tokens: jnp.ndarray  # int32 [B, L]; zeros past the scales done
   logprobs: jnp.ndarray  # float32 [B, L]; policy log-probs of `tokens`
@@ -52,35 +53,6 @@ class SampleOutput(NamedTuple):
   logprobs: jnp.ndarray  # float32 [B, L]
   scale_index: np.ndarray  # int32 [L] (host constant)
   images: jnp.ndarray  # uint8 [B, H, W, 3]
-
-
-def filter_logits(logits, top_k: int, top_p: float):
-  """Sets logits outside the top-k / nucleus (top-p) set to -inf.
-
-  top_k = 0 and top_p = 1 disable each filter. The nucleus keeps the smallest
-  set of highest-probability tokens whose mass reaches top_p (always >= 1).
-  Tokens tied with the threshold logit are kept, so ties may keep a few more.
-  """
-  neg = jnp.finfo(logits.dtype).min
-  if top_k > 0 and top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, neg, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, neg, logits)
-  return logits
-
-
-def draw(key, logits_bnv, opts: SamplingOptions):
-  """Draws token ids [B, n] from guided logits (temperature, top-k, top-p)."""
-  if opts.temperature == 0:
-    return jnp.argmax(logits_bnv, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits_bnv / opts.temperature, opts.top_k, opts.top_p)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 def _repeat_rows(x, k: int, groups: int, axis: int):
@@ -107,7 +79,7 @@ class Sampler:
 
   def __init__(
     self,
-    model: VarModel,
+    model: NextScaleModel,
     opts: SamplingOptions,
     cache_dtype=None,
     mesh: Mesh | None = None,
@@ -119,7 +91,7 @@ class Sampler:
     self.trace_count = 0  # incremented at trace time; tests use it
     if mesh is None:
       self._sample = jax.jit(self._sample_impl)
-      self._prefix = jax.jit(self._prefix_impl, static_argnums=(4,))
+      self._prefix = jax.jit(self._prefix_impl, static_argnums=(3,))
       self._branch = jax.jit(self._branch_impl, static_argnums=(3, 4))
       self._recompute = jax.jit(self._recompute_impl)
       return
@@ -127,20 +99,23 @@ class Sampler:
     self._rep = parallel.replicated(mesh)
     row = functools.partial(parallel.batch_sharding, mesh)
     cache = NamedSharding(mesh, PartitionSpec(None, ('data', 'fsdp')))
+    self._cond_sh = parallel.rows_like(mesh, model.cond_spec(1))
+    abstract = jax.eval_shape(self._start, *self._abstract_start())
+    self.trace_count = 0
     self._state_sh = SamplerState(
-      cache={'k': cache, 'v': cache},
-      text_mask=row(2),
+      cache=jax.tree.map(lambda _: cache, abstract.cache),
+      ctx=parallel.rows_like(mesh, abstract.ctx),
       f_hat=row(4),
       tokens=row(2),
       logprobs=row(2),
     )
-    start = (self._params_sh, row(2), row(2), self._rep)
+    start = (self._params_sh, self._cond_sh, self._rep)
     out = (row(2), row(2), row(4))
     jit = functools.partial(parallel.mesh_jit, mesh=mesh)
     self._sample = jit(self._sample_impl, in_shardings=start, out_shardings=out)
     self._prefix = jit(
       self._prefix_impl,
-      static_argnums=(4,),
+      static_argnums=(3,),
       in_shardings=start,
       out_shardings=self._state_sh,
     )
@@ -152,31 +127,38 @@ class Sampler:
     )
     self._recompute = jit(self._recompute_impl, in_shardings=start, out_shardings=out)
 
-  def _place(self, params, text_ids, text_mask, key):
+  def _abstract_start(self):
+    """Abstract (params, cond) of one row: traced once for the state's tree."""
+    params = jax.eval_shape(self.model.init_boxed, jax.random.key(0))
+    return nn.unbox(params), self.model.cond_spec(1)
+
+  def _place(self, params, cond, key):
     """The arguments on the mesh (a no-op for arrays already placed so)."""
     if self.mesh is None:
-      return params, text_ids, text_mask, key
-    parallel.check_rows(self.mesh, text_ids.shape[0], 'Sampler batch')
-    row = parallel.batch_sharding(self.mesh, 2)
+      return params, cond, key
+    rows = jax.tree.leaves(cond)[0].shape[0]
+    parallel.check_rows(self.mesh, rows, 'Sampler batch')
     return (
       parallel.put(params, self._params_sh),
-      parallel.put(text_ids, row),
-      parallel.put(text_mask, row),
+      parallel.put(cond, self._cond_sh),
       parallel.put(key, self._rep),
     )
 
   # -- public API -------------------------------------------------------------
 
-  def sample(self, params, text_ids, text_mask, key) -> SampleOutput:
-    """Samples all scales and decodes: tokens, log-probs, images."""
-    args = self._place(params, text_ids, text_mask, key)
+  def sample(self, params, cond: Cond, key) -> SampleOutput:
+    """Samples all scales and decodes: tokens, log-probs, images.
+
+    ``cond``: the family's conditioning of B rows (`encode_prompts`).
+    """
+    args = self._place(params, cond, key)
     tokens, logps, images = self._sample(*args)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
-  def sample_prefix(self, params, text_ids, text_mask, key, m: int) -> SamplerState:
+  def sample_prefix(self, params, cond: Cond, key, m: int) -> SamplerState:
     """Samples scales 0..m (inclusive) and returns the state to continue from."""
     self._check_split(m)
-    return self._prefix(*self._place(params, text_ids, text_mask, key), m)
+    return self._prefix(*self._place(params, cond, key), m)
 
   def branch(self, params, state: SamplerState, key, m: int, num_branches: int):
     """K suffix rollouts (scales m+1..S-1) of every prefix in ``state``.
@@ -194,9 +176,9 @@ class Sampler:
     tokens, logps, images = self._branch(params, state, key, m, num_branches)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
-  def sample_recompute(self, params, text_ids, text_mask, key) -> SampleOutput:
+  def sample_recompute(self, params, cond: Cond, key) -> SampleOutput:
     """The same sampler without a KV cache (reference for tests/benchmarks)."""
-    args = self._place(params, text_ids, text_mask, key)
+    args = self._place(params, cond, key)
     tokens, logps, images = self._recompute(*args)
     return SampleOutput(tokens, logps, self.model.schedule.scale_index, images)
 
@@ -211,25 +193,20 @@ class Sampler:
     if not 0 <= m < num:
       raise ValueError(f'split scale m={m} out of range [0, {num - 1}]')
 
-  def _start(self, params, text_ids, text_mask) -> SamplerState:
+  def _start(self, params, cond) -> SamplerState:
     self.trace_count += 1
     model, opts = self.model, self.opts
-    b = text_ids.shape[0]
+    b = jax.tree.leaves(cond)[0].shape[0]
     if opts.uses_uncond:
-      text_ids, text_mask = policy_lib.with_null_prompt(text_ids, text_mask)
-    cache = tr_lib.init_cache(model.cfg, text_ids.shape[0], self.cache_dtype)
-    cache = model.transformer.apply(
-      params['transformer'],
-      text_ids,
-      text_mask,
-      cache,
-      method=tr_lib.NextScaleTransformer.prefill,
-    )
+      cond = model.with_null(cond)
+    rows = jax.tree.leaves(cond)[0].shape[0]
+    cache = model.init_cache(rows, self.cache_dtype)
+    ctx, cache = model.prefill(params['transformer'], cond, cache)
     sched = model.schedule
     return SamplerState(
       cache=cache,
-      text_mask=text_mask,
-      f_hat=jnp.zeros((b, *sched.latent_size, model.cfg.latent_dim), jnp.float32),
+      ctx=ctx,
+      f_hat=model.zero_fhat(b),
       tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
       logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
     )
@@ -250,8 +227,8 @@ class Sampler:
     """Draws scale s from its logits and updates tokens, log-probs and f_hat."""
     model = self.model
     guided, pol = self._scale_logits(logits_nbv, s)
-    ids = draw(jax.random.fold_in(key, s), guided, self.opts)
-    logp = policy_lib.token_logprobs(pol, ids)
+    ids = model.dist.draw(jax.random.fold_in(key, s), guided, self.opts)
+    logp = model.dist.token_logprobs(pol, ids)
     start, _ = model.schedule.span(s)
     b = ids.shape[0]
     f_hat = state.f_hat + model.scale_residual(
@@ -270,13 +247,8 @@ class Sampler:
 
   def _run(self, params, state: SamplerState, key, first: int, last: int):
     for s in range(first, last):
-      logits, cache = self.model.transformer.apply(
-        params['transformer'],
-        self._inputs(state, s),
-        s,
-        state.text_mask,
-        state.cache,
-        method=tr_lib.NextScaleTransformer.step,
+      logits, cache = self.model.step(
+        params['transformer'], self._inputs(state, s), s, state.ctx, state.cache
       )
       state = self._emit(state, params, s, key, logits, cache)
     return state
@@ -284,13 +256,13 @@ class Sampler:
   def _finish(self, params, state: SamplerState):
     return state.tokens, state.logprobs, self.model.decode_fhat(params, state.f_hat)
 
-  def _sample_impl(self, params, text_ids, text_mask, key):
-    state = self._start(params, text_ids, text_mask)
+  def _sample_impl(self, params, cond, key):
+    state = self._start(params, cond)
     state = self._run(params, state, key, 0, self.model.schedule.num_scales)
     return self._finish(params, state)
 
-  def _prefix_impl(self, params, text_ids, text_mask, key, m):
-    state = self._start(params, text_ids, text_mask)
+  def _prefix_impl(self, params, cond, key, m):
+    state = self._start(params, cond)
     return self._run(params, state, key, 0, m + 1)
 
   def _branch_impl(self, params, state: SamplerState, key, m, k):
@@ -298,7 +270,7 @@ class Sampler:
     groups = 2 if self.opts.uses_uncond else 1
     state = SamplerState(
       cache=jax.tree.map(lambda c: _repeat_rows(c, k, groups, axis=1), state.cache),
-      text_mask=_repeat_rows(state.text_mask, k, groups, axis=0),
+      ctx=jax.tree.map(lambda c: _repeat_rows(c, k, groups, axis=0), state.ctx),
       f_hat=jnp.repeat(state.f_hat, k, axis=0),
       tokens=jnp.repeat(state.tokens, k, axis=0),
       logprobs=jnp.repeat(state.logprobs, k, axis=0),
@@ -306,17 +278,17 @@ class Sampler:
     state = self._run(params, state, key, m + 1, self.model.schedule.num_scales)
     return self._finish(params, state)
 
-  def _recompute_impl(self, params, text_ids, text_mask, key):
+  def _recompute_impl(self, params, cond, key):
     self.trace_count += 1
     model, opts = self.model, self.opts
     sched = model.schedule
+    b = jax.tree.leaves(cond)[0].shape[0]
     if opts.uses_uncond:
-      text_ids, text_mask = policy_lib.with_null_prompt(text_ids, text_mask)
-    b = text_mask.shape[0] // (2 if opts.uses_uncond else 1)
+      cond = model.with_null(cond)
     state = SamplerState(
       cache=None,
-      text_mask=text_mask,
-      f_hat=jnp.zeros((b, *sched.latent_size, model.cfg.latent_dim), jnp.float32),
+      ctx=None,
+      f_hat=model.zero_fhat(b),
       tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
       logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
     )
@@ -324,24 +296,18 @@ class Sampler:
     for s in range(sched.num_scales):
       pieces.append(self._inputs(state, s))
       start, _ = sched.span(s)
-      logits = model.transformer.apply(
-        params['transformer'],
-        text_ids,
-        text_mask,
-        jnp.concatenate(pieces, axis=1),
-        s + 1,
+      logits = model.logits(
+        params['transformer'], cond, jnp.concatenate(pieces, axis=1), s + 1
       )
       state = self._emit(state, params, s, key, logits[:, start:], None)
     return self._finish(params, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _logprobs_jit(model, params, text_ids, text_mask, tokens, opts):
-  return policy_lib.logprobs(model, params, text_ids, text_mask, tokens, opts)
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _logprobs_jit(model, params, cond, tokens, opts):
+  return policy_lib.logprobs(model, params, cond, tokens, opts)
 
 
-def logprobs(
-  model: VarModel, params, text_ids, text_mask, tokens, opts: SamplingOptions
-):
+def logprobs(model: NextScaleModel, params, cond: Cond, tokens, opts: SamplingOptions):
   """Teacher-forced policy log-probs of ``tokens`` (jitted), float32 [B, L]."""
-  return _logprobs_jit(model, params, text_ids, text_mask, tokens, opts)
+  return _logprobs_jit(model, params, cond, tokens, opts)

@@ -38,7 +38,7 @@ from varrl_jax import cli, distributed, fs, parallel
 from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.rl import loop, mask_viz
 from varrl_jax.weights import load_weights

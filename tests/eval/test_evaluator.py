@@ -12,6 +12,7 @@ from tests.conftest import toy_config
 from tests.data.cvtg_fixture import make_cvtg_fixture, write_bytes
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
+from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards.pool import OcrPool
 from varrl_jax.rewards.types import OcrResult, OcrWord
@@ -66,14 +67,17 @@ def test_evaluation_is_deterministic(toy):
   assert a.flat == b.flat
 
 
-def test_prompt_too_long_names_the_example():
+def test_prompt_too_long_names_the_example(toy):
+  config = toy[0].copy_and_resolve_references()
+  config.model.text_len = 40
+  model = build_model(config)
   p = prompt_sets.EvalPrompt('x' * 100, ('X',), {}, 'CVTG/3/7')
   with pytest.raises(
     PromptError, match='CVTG/3/7: prompt is too long.*truncate_prompts'
   ):
-    evaluator.encode_prompts([p], 40)
-  ids, _ = evaluator.encode_prompts([p], 40, truncate_long=True)
-  assert ids.shape == (1, 40)
+    evaluator.encode_prompts(model, [p])
+  cond = evaluator.encode_prompts(model, [p], truncate_long=True)
+  assert cond['text_ids'].shape == (1, 40)
 
 
 def test_synthetic_sets_validate():

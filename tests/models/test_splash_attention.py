@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import toy_config
 from varrl_jax.models import attention, text
 from varrl_jax.models import transformer as tr_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 # text 40 (padding inside), scales of 1, 4, 16 and 100 tokens: 161 positions,
 # padded to 256 in the kernel.

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import toy_config
 from varrl_jax.models import resize
 from varrl_jax.models import tokenizer as tok_lib
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 
 def _images(model, n=3, seed=0):

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import toy_config
 from varrl_jax.models import text
 from varrl_jax.models.attention import block_causal_mask
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 PROMPTS = ["a sign that reads 'OPEN'", "a poster that reads 'HOT' and 'CAFE'"]
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from varrl_jax import sampling
-from varrl_jax.models import text
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, panw, vmr
 
@@ -44,16 +43,15 @@ def test_token_terms_definition():
 
 def _batch(model, params, seed=0, mask=None, weights=None):
   prompts = ["a sign that reads 'OPEN'", "a red poster that reads 'SALE'"] * 2
-  ids, tmask = text.encode(prompts, model.cfg.text_len)
-  out = sampling.Sampler(model, OPTS).sample(params, ids, tmask, jax.random.key(seed))
+  cond = model.encode_prompts(prompts)
+  out = sampling.Sampler(model, OPTS).sample(params, cond, jax.random.key(seed))
   inputs = model.teacher_inputs(params, out.tokens)
   ref = grpo.make_logprob_fn(model, OPTS)(
-    params['transformer'], ids, tmask, inputs, out.tokens
+    params['transformer'], cond, inputs, out.tokens
   )
   L = model.schedule.num_tokens
   return {
-    'text_ids': jnp.asarray(ids),
-    'text_mask': jnp.asarray(tmask),
+    'cond': jax.tree.map(jnp.asarray, cond),
     'inputs': inputs,
     'tokens': out.tokens,
     'old_logp': out.logprobs,
@@ -176,8 +174,7 @@ def test_policy_choice_changes_logprobs(toy, policy):
   opts = SamplingOptions(cfg_scale=3.0, policy=policy)
   lp = grpo.make_logprob_fn(model, opts)(
     params['transformer'],
-    batch['text_ids'],
-    batch['text_mask'],
+    batch['cond'],
     batch['inputs'],
     batch['tokens'],
   )

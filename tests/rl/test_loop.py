@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import toy_config
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 from varrl_jax.rewards.pool import OcrPool
 from varrl_jax.rewards.types import OcrResult, OcrWord
 from varrl_jax.rl import loop

@@ -47,27 +47,26 @@ class EvalReport:
   ocr_stats: dict
 
 
-def truncate(prompt: str, text_len: int) -> str:
-  """The longest prefix of ``prompt`` whose UTF-8 encoding fits the text length."""
-  data = prompt.encode('utf-8')[: text_len - 2]
-  return data.decode('utf-8', errors='ignore')
+truncate = text_lib.truncate
 
 
-def encode_prompts(
-  prompts: list[EvalPrompt], text_len: int, truncate_long: bool = False
-):
-  """Encodes every prompt; a bad one raises PromptError naming its key."""
-  texts = [truncate(p.prompt, text_len) if truncate_long else p.prompt for p in prompts]
+def encode_prompts(model, prompts: list[EvalPrompt], truncate_long: bool = False):
+  """The family's conditioning of every prompt (host arrays [N, ...]); a bad
+  prompt raises PromptError naming its key. ``truncate_long`` cuts prompts
+  the family cannot take whole (`NextScaleModel.truncate_prompt`)."""
+  texts = [
+    model.truncate_prompt(p.prompt) if truncate_long else p.prompt for p in prompts
+  ]
   for p, t in zip(prompts, texts):
     try:
-      text_lib.encode([t], text_len)
+      model.encode_prompts([t])
     except text_lib.PromptError as e:
       hint = (
         ' (or set --config.eval.truncate_prompts=True)' if 'too long' in str(e) else ''
       )
       msg = str(e).replace('prompt 0 ', 'prompt ')
       raise text_lib.PromptError(f'{p.key}: {msg}{hint}') from None
-  return text_lib.encode(texts, text_len)
+  return model.encode_prompts(texts)
 
 
 SOURCES = ('samples', 'renders', 'reconstructions')
@@ -108,7 +107,7 @@ def evaluate(
     raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
   ec = config.eval
   items = [p for p in prompts for _ in range(ec.images_per_prompt)]
-  ids, mask = encode_prompts(items, config.model.text_len, ec.truncate_prompts)
+  cond = encode_prompts(model, items, ec.truncate_prompts)
   bs = ec.batch_size
   if mesh is not None and bs % parallel.data_rows(mesh) == 0:
     params = parallel.put(params, parallel.param_shardings(model, mesh))
@@ -125,7 +124,8 @@ def evaluate(
     n = min(bs, len(items) - start)
     take = np.minimum(np.arange(start, start + bs), start + n - 1)
     if source == 'samples':
-      out = sampler.sample(params, ids[take], mask[take], jax.random.fold_in(key, i))
+      rows = jax.tree.map(lambda x, take=take: x[take], cond)
+      out = sampler.sample(params, rows, jax.random.fold_in(key, i))
       images = distributed.to_host(out.images)[:n]
     else:
       images = render_batch([items[j] for j in take], model.schedule.image_size)

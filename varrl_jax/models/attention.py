@@ -60,8 +60,11 @@ def plain_attention(
   q_seg: jnp.ndarray,
   k_seg: jnp.ndarray,
   k_valid: jnp.ndarray,
+  scale: float | None = None,
 ) -> jnp.ndarray:
-  """softmax(q k^T / sqrt(D) + mask) v with H query heads over G kv heads.
+  """softmax(scale q k^T + mask) v with H query heads over G kv heads.
+
+  ``scale`` defaults to 1 / sqrt(D) (VAR's L2-normalised attention uses 1).
 
   Shapes: q [B, Tq, H, D], k/v [B, Tk, G, D] (H divisible by G),
   q_seg int [Tq], k_seg int [Tk], k_valid bool [B, Tk]. Returns [B, Tq, H, D].
@@ -77,7 +80,7 @@ def plain_attention(
   k = k_bkgd.transpose(0, 2, 1, 3)  # [B, G, Tk, D]
   v = v_bkgd.transpose(0, 2, 1, 3)
   scores = jnp.einsum('bgrqd,bgkd->bgrqk', q, k, preferred_element_type=jnp.float32)
-  scores = scores * (d**-0.5)
+  scores = scores * (d**-0.5 if scale is None else scale)
   mask = block_causal_mask(q_seg, k_seg, k_valid)[:, None, None]
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -172,6 +175,7 @@ def splash_attention(
   q_seg,
   k_seg,
   k_valid: jnp.ndarray,
+  scale: float | None = None,
   *,
   interpret: bool = False,
 ) -> jnp.ndarray:
@@ -193,7 +197,8 @@ def splash_attention(
     x = jnp.pad(x, ((0, 0), (0, t_pad - x.shape[1]), (0, 0), (0, 0)))
     return x.transpose(0, 2, 1, 3)
 
-  q = heads_major(q_bqhd * jnp.asarray(d**-0.5, q_bqhd.dtype), tq_pad)
+  scale = d**-0.5 if scale is None else scale
+  q = heads_major(q_bqhd * jnp.asarray(scale, q_bqhd.dtype), tq_pad)
   k, v = heads_major(k_bkgd, tk_pad), heads_major(v_bkgd, tk_pad)
   kv_ids = jnp.pad(
     jnp.where(k_valid, 0, 1).astype(jnp.int32),
@@ -231,12 +236,12 @@ def splash_attention(
   return out[:, :, :tq].transpose(0, 2, 1, 3)
 
 
-def attention(impl: str, *args) -> jnp.ndarray:
+def attention(impl: str, *args, scale: float | None = None) -> jnp.ndarray:
   """Dispatches to the configured implementation (see module docstring)."""
   if impl == 'plain':
-    return plain_attention(*args)
+    return plain_attention(*args, scale=scale)
   if impl == 'splash':
     if args[0].shape[1] < SPLASH_MIN_QUERIES:
-      return plain_attention(*args)
-    return splash_attention(*args)
+      return plain_attention(*args, scale=scale)
+    return splash_attention(*args, scale=scale)
   raise ValueError(f"config.model.attention must be 'plain' or 'splash', got {impl!r}")

@@ -15,7 +15,7 @@ from absl import app
 from ml_collections import config_flags
 
 from varrl_jax import cli
-from varrl_jax.models.var import build_model
+from varrl_jax.models.family import build_model
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file.', lock_config=True

@@ -49,6 +49,13 @@ def encode(prompts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray
   return ids, ids != PAD
 
 
+def truncate(prompt: str, max_len: int) -> str:
+  """The longest prefix of ``prompt`` whose UTF-8 encoding fits ``max_len``
+  (with its start and end tokens)."""
+  data = prompt.encode('utf-8')[: max_len - 2]
+  return data.decode('utf-8', errors='ignore')
+
+
 def null_prompt(batch: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """The unconditional prompt: BOS then padding."""
   ids = np.full((batch, max_len), PAD, dtype=np.int32)

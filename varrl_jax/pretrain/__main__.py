@@ -15,8 +15,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from varrl_jax import checkpoint, cli
+from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
-from varrl_jax.models.var import build_model
 from varrl_jax.pretrain import loop, tokenizer_stage, transformer_stage
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,7 +40,13 @@ def main(argv):
   command = shlex.join(['python', '-m', 'varrl_jax.pretrain', *sys.argv[1:]])
   cli.setup_compilation_cache(_CONFIG.value)
   try:
-    build_model(_CONFIG.value)  # config mistakes fail here, in one line
+    model = build_model(_CONFIG.value)  # config mistakes fail here, in one line
+    if model.family != 'varrl':
+      raise ValueError(
+        f'config.model.family={model.family!r}: pretraining builds our own '
+        "family only ('varrl'); convert a public checkpoint with "
+        'python -m varrl_jax.convert instead'
+      )
     if _STAGE.value == 'tokenizer':
       tokenizer_stage.check_config(_CONFIG.value)
   except ValueError as e:  # ScheduleError included

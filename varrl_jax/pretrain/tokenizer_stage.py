@@ -42,7 +42,7 @@ from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
 from varrl_jax.models import tokenizer as tok_lib
-from varrl_jax.models.var import VarModel, build_model
+from varrl_jax.models.family import NextScaleModel, build_model
 from varrl_jax.pretrain import loop
 
 TRAINABLE = ('all', 'decoder')
@@ -138,7 +138,7 @@ def with_trainable(params, part, trainable: str):
 
 
 def make_train_step(
-  model: VarModel,
+  model: NextScaleModel,
   optimizer: optax.GradientTransformation,
   sc: ml_collections.ConfigDict,
 ):
@@ -202,7 +202,7 @@ def make_train_step(
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def reconstruct_by_scale(model: VarModel, tok_params, images_u8) -> jnp.ndarray:
+def reconstruct_by_scale(model: NextScaleModel, tok_params, images_u8) -> jnp.ndarray:
   """uint8 [B, S, H, W, 3]: decodes of f_hat after scales 0..s, s = 0..S-1."""
   params = {'tokenizer': tok_params}
   x = jnp.asarray(images_u8, jnp.float32) / 255.0
@@ -217,7 +217,7 @@ def reconstruct_by_scale(model: VarModel, tok_params, images_u8) -> jnp.ndarray:
 
 
 def init_state(
-  model: VarModel, optimizer, params, trainable: str = 'all'
+  model: NextScaleModel, optimizer, params, trainable: str = 'all'
 ) -> TokenizerState:
   """The step-0 state around the tokenizer variables ``params``."""
   state = TokenizerState(

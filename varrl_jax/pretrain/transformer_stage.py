@@ -2,7 +2,7 @@ r"""Transformer stage: next-scale prediction by teacher forcing on a frozen toke
 
 Each step encodes the rendered images to token ids r (the tokenizer's
 residual quantization, [B, L]), builds every token's next-scale input from
-the ids (`VarModel.teacher_inputs`) and minimises the cross entropy of all
+the ids (`NextScaleModel.teacher_inputs`) and minimises the cross entropy of all
 image tokens,
 
     L = -(1 / (B L)) sum_b sum_i log p(r_{b,i} | prompt_b, r_{b, scales < s(i)}).
@@ -28,7 +28,7 @@ from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
 from varrl_jax.models import text as text_lib
-from varrl_jax.models.var import VarModel, build_model
+from varrl_jax.models.family import NextScaleModel, build_model
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.pretrain import loop
 
@@ -51,7 +51,7 @@ def drop_prompts(key: jax.Array, text_ids, text_mask, p: float):
 
 
 def teacher_forcing_loss(
-  model: VarModel, params: dict, tokens_bl, text_ids, text_mask
+  model: NextScaleModel, params: dict, tokens_bl, text_ids, text_mask
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Mean cross entropy of all image tokens, plus per-scale CE and accuracy."""
   inputs = model.teacher_inputs(params, tokens_bl)
@@ -68,7 +68,7 @@ def teacher_forcing_loss(
 
 
 def make_train_step(
-  model: VarModel,
+  model: NextScaleModel,
   optimizer: optax.GradientTransformation,
   sc: ml_collections.ConfigDict,
 ):
@@ -190,8 +190,7 @@ def train(
     params = {'tokenizer': tok_params, 'transformer': state.params}
     out = sampler.sample(
       params,
-      eval_batch['text_ids'],
-      eval_batch['text_mask'],
+      {'text_ids': eval_batch['text_ids'], 'text_mask': eval_batch['text_mask']},
       jax.random.fold_in(jax.random.key(config.seed + 1), step),
     )
     images_lib.save_grid(

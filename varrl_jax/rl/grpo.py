@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 
 from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
-from varrl_jax.models.var import VarModel
+from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import panw
 
@@ -126,7 +126,7 @@ def _per_scale(x_bl, w_bl, onehot_ls):
 
 
 def make_train_step(
-  model: VarModel,
+  model: NextScaleModel,
   opts: SamplingOptions,
   hp: GrpoHParams,
   optimizer: optax.GradientTransformation,
@@ -135,8 +135,8 @@ def make_train_step(
 ):
   """The jitted ``train_step(state, batch) -> (state, metrics, logp)``.
 
-  ``batch``: text_ids [B, T_t], text_mask [B, T_t], inputs [B, L, C]
-  (`VarModel.teacher_inputs`), tokens [B, L], old_logp [B, L], ref_logp
+  ``batch``: cond (the family's conditioning, leaves [B, ...]), inputs
+  [B, L, C] (`NextScaleModel.teacher_inputs`), tokens [B, L], old_logp [B, L], ref_logp
   [B, L], advantages [B], mask [B, L] (MP mask x stage selector), weights
   [L] (`panw.token_weights` of the stage), on_policy [] (1.0 on the first
   inner update). The state is donated.
@@ -154,12 +154,9 @@ def make_train_step(
 
   def logp_and_entropy(params, batch):
     logits = policy_lib.policy_logits_from_inputs(
-      model, params, batch['text_ids'], batch['text_mask'], batch['inputs'], opts
+      model, params, batch['cond'], batch['inputs'], opts
     )
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    logp = jnp.take_along_axis(log_probs, batch['tokens'][..., None], axis=-1)[..., 0]
-    entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)
-    return logp, entropy
+    return model.dist.logprobs_and_entropy(logits, batch['tokens'])
 
   def reduce(logp, old_logp, batch):
     ell = per_token_loss(
@@ -225,18 +222,16 @@ def make_train_step(
   return parallel.mesh_jit(
     train_step,
     mesh,
-    in_shardings=(state_sh, batch_shardings(mesh)),
+    in_shardings=(state_sh, batch_shardings(mesh, model)),
     out_shardings=(state_sh, parallel.replicated(mesh), rows),
     donate_argnums=(0,),
   )
 
 
-def batch_shardings(mesh: Mesh) -> dict:
+def batch_shardings(mesh: Mesh, model: NextScaleModel) -> dict:
   """Shardings of a train-step batch: rows over ('data', 'fsdp'), the per-token
   weights [L] and the scalar on_policy replicated."""
   ndim = {
-    'text_ids': 2,
-    'text_mask': 2,
     'inputs': 3,
     'tokens': 2,
     'old_logp': 2,
@@ -246,11 +241,14 @@ def batch_shardings(mesh: Mesh) -> dict:
   }
   out = {k: parallel.batch_sharding(mesh, n) for k, n in ndim.items()}
   return dict(
-    out, weights=parallel.replicated(mesh), on_policy=parallel.replicated(mesh)
+    out,
+    cond=parallel.rows_like(mesh, model.cond_spec(1)),
+    weights=parallel.replicated(mesh),
+    on_policy=parallel.replicated(mesh),
   )
 
 
-def state_shardings(model: VarModel, optimizer, mesh: Mesh) -> TrainState:
+def state_shardings(model: NextScaleModel, optimizer, mesh: Mesh) -> TrainState:
   """Shardings of the `TrainState`: params by the logical rules, the optimizer's
   moments like their params, counts replicated."""
   params = jax.eval_shape(model.init_boxed, jax.random.key(0))['transformer']
@@ -264,19 +262,21 @@ def state_shardings(model: VarModel, optimizer, mesh: Mesh) -> TrainState:
   )
 
 
-def make_logprob_fn(model: VarModel, opts: SamplingOptions, mesh: Mesh | None = None):
+def make_logprob_fn(
+  model: NextScaleModel, opts: SamplingOptions, mesh: Mesh | None = None
+):
   """Jitted teacher-forced log-probs from precomputed inputs (reference policy).
 
-  ``fn(transformer_params, text_ids [B, T_t], text_mask [B, T_t], inputs
-  [B, L, C], tokens [B, L]) -> logp [B, L]``. With a ``mesh``: params by the
-  logical rules, every other argument and the output by rows.
+  ``fn(transformer_params, cond, inputs [B, L, C], tokens [B, L]) -> logp
+  [B, L]``. With a ``mesh``: params by the logical rules, every other
+  argument and the output by rows.
   """
 
-  def fn(transformer_params, text_ids, text_mask, inputs, tokens):
+  def fn(transformer_params, cond, inputs, tokens):
     logits = policy_lib.policy_logits_from_inputs(
-      model, transformer_params, text_ids, text_mask, inputs, opts
+      model, transformer_params, cond, inputs, opts
     )
-    return policy_lib.token_logprobs(logits, tokens)
+    return model.dist.token_logprobs(logits, tokens)
 
   if mesh is None:
     return jax.jit(fn)
@@ -285,6 +285,11 @@ def make_logprob_fn(model: VarModel, opts: SamplingOptions, mesh: Mesh | None = 
   return parallel.mesh_jit(
     fn,
     mesh,
-    in_shardings=(params, row(2), row(2), row(3), row(2)),
+    in_shardings=(
+      params,
+      parallel.rows_like(mesh, model.cond_spec(1)),
+      row(3),
+      row(2),
+    ),
     out_shardings=row(2),
   )

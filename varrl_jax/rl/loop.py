@@ -35,7 +35,7 @@ import numpy as np
 
 from varrl_jax import checkpoint, parallel
 from varrl_jax.data import synthetic
-from varrl_jax.models.var import VarModel
+from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
 from varrl_jax.sampling import Sampler
@@ -63,7 +63,7 @@ class Method:
   alpha: float
 
   @classmethod
-  def from_config(cls, config, model: VarModel) -> Method:
+  def from_config(cls, config, model: NextScaleModel) -> Method:
     rl = config.rl
     if rl.mode not in MODES:
       raise ValueError(
@@ -112,7 +112,7 @@ class Trainer:
   anywhere (host, one device, the mesh); the trainer keeps sharded copies.
   """
 
-  def __init__(self, config, model: VarModel, params: dict, pool, mesh=None):
+  def __init__(self, config, model: NextScaleModel, params: dict, pool, mesh=None):
     self.config, self.model, self.pool = config, model, pool
     self.mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
     self.method = Method.from_config(config, model)
@@ -181,7 +181,6 @@ class Trainer:
       self.method.m,
       key,
       self.pool,
-      self.config.model.text_len,
       rl.rollout_chunks,
     )
 
@@ -244,15 +243,14 @@ class Trainer:
       return parallel.put(x, self._rows(x.ndim))
 
     tokens = put_rows(ro.tokens[rows])
-    text_ids, text_mask = put_rows(ro.text_ids[rows]), put_rows(ro.text_mask[rows])
+    cond = jax.tree.map(lambda x: put_rows(x[rows]), ro.cond)
     inputs = self.inputs_fn(self.tokenizer_params, tokens)
     batch = {
-      'text_ids': text_ids,
-      'text_mask': text_mask,
+      'cond': cond,
       'inputs': inputs,
       'tokens': tokens,
       'old_logp': put_rows(ro.logprobs[rows]),
-      'ref_logp': self.logprob_fn(self.ref_params, text_ids, text_mask, inputs, tokens),
+      'ref_logp': self.logprob_fn(self.ref_params, cond, inputs, tokens),
       'advantages': put_rows(adv, np.float32),
       'mask': put_rows(mask, np.float32),
       'weights': self._replicated(np.asarray(weights)),

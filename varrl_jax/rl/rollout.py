@@ -26,7 +26,6 @@ import jax
 import numpy as np
 
 from varrl_jax import distributed
-from varrl_jax.models import text as text_lib
 from varrl_jax.rewards import pool as pool_lib
 from varrl_jax.rewards import text as reward_lib
 from varrl_jax.sampling import Sampler
@@ -36,8 +35,7 @@ from varrl_jax.sampling import Sampler
 class Rollout:
   prompts: list[str]  # per row
   targets: list[tuple[str, ...]]  # per row
-  text_ids: np.ndarray  # int32 [R, T_t]
-  text_mask: np.ndarray  # bool [R, T_t]
+  cond: dict  # the family's conditioning of every row, leaves [R, ...]
   tokens: np.ndarray  # int32 [R, L]
   logprobs: np.ndarray  # float32 [R, L]: the sampler's policy log-probs
   images: np.ndarray  # uint8 [R_local, H, W, 3]: this process's rows only
@@ -65,7 +63,6 @@ def sample(
   m: int,
   key: jax.Array,
   pool,
-  text_len: int,
   chunks: int = 1,
 ) -> Rollout:
   """Samples P x G x K images (see the module docstring) and submits their OCR."""
@@ -83,19 +80,18 @@ def sample(
   for c in range(chunks):
     chunk = prompts[c * per_chunk : (c + 1) * per_chunk]
     rows = [p for p, _ in chunk for _ in range(group_size)]
-    ids, mask = text_lib.encode(rows, text_len)
+    cond = sampler.model.encode_prompts(rows)
     prefix_key, suffix_key = jax.random.split(jax.random.fold_in(key, c))
     if full:
-      out = sampler.sample(params, ids, mask, prefix_key)
+      out = sampler.sample(params, cond, prefix_key)
     else:
-      state = sampler.sample_prefix(params, ids, mask, prefix_key, m)
+      state = sampler.sample_prefix(params, cond, prefix_key, m)
       out = sampler.branch(params, state, suffix_key, m, k)
     images, local = distributed.local_rows(out.images)
     futures.append(pool.submit_batch(images))
     parts.append(
       (
-        np.repeat(ids, k, axis=0),
-        np.repeat(mask, k, axis=0),
+        jax.tree.map(lambda x: np.repeat(x, k, axis=0), cond),
         distributed.to_host(out.tokens),
         distributed.to_host(out.logprobs),
         images,
@@ -104,16 +100,16 @@ def sample(
     )
   row_prompts = [p for p, _ in prompts for _ in range(group_size * k)]
   row_targets = [tuple(t) for _, t in prompts for _ in range(group_size * k)]
-  cat = [np.concatenate(x) for x in zip(*parts)]
+  columns = list(zip(*parts))
+  cat = [np.concatenate(x) for x in columns[1:]]
   return Rollout(
     prompts=row_prompts,
     targets=row_targets,
-    text_ids=cat[0],
-    text_mask=cat[1],
-    tokens=cat[2],
-    logprobs=cat[3],
-    images=cat[4],
-    local_rows=cat[5],
+    cond=jax.tree.map(lambda *x: np.concatenate(x), *columns[0]),
+    tokens=cat[0],
+    logprobs=cat[1],
+    images=cat[2],
+    local_rows=cat[3],
     shape=(num_prompts, group_size, k),
     sample_seconds=time.time() - t0,
     futures=futures,

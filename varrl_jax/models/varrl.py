@@ -1,50 +1,93 @@
-"""The VAR model: tokenizer + next-scale transformer, built from one config.
+"""The ``varrl`` family: our text-prefix tokenizer + next-scale transformer.
 
 Parameters are one pytree ``{'tokenizer': ..., 'transformer': ...}`` (linen
 variable dicts; transformer leaves are ``nn.Partitioned`` boxes carrying
 logical axis names until unboxed). RL trains only the transformer; the
-tokenizer is frozen.
+tokenizer is frozen. Conditioning: the prompt's bytes (`models/text.py`) in
+the sequence prefix, ``{'text_ids': int32 [B, T_t], 'text_mask': bool [B,
+T_t]}``; the null prompt (CFG) is the empty prompt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from varrl_jax.models import family as family_lib
 from varrl_jax.models import resize
+from varrl_jax.models import text as text_lib
 from varrl_jax.models import tokenizer as tok_lib
 from varrl_jax.models import transformer as tr_lib
 from varrl_jax.models.schedule import ScaleSchedule
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class VarModel:
+class VarrlModel(family_lib.NextScaleModel):
   """Static description of the model (modules + schedule); holds no weights."""
 
   tokenizer: tok_lib.MultiScaleVQVAE
   transformer: tr_lib.NextScaleTransformer
   cfg: tr_lib.TransformerConfig
+  family = 'varrl'
+  example_prompts = (
+    "a wooden sign on a wall that reads 'OPEN'",
+    "a red poster that reads 'SALE'",
+    "a shop front with a banner that reads 'CAFE'",
+    "a chalkboard that reads 'HOT' and 'TEA'",
+  )
 
   @property
   def schedule(self) -> ScaleSchedule:
     return self.cfg.schedule
 
-  def init(self, key: jax.Array, boxed: bool = False) -> dict:
-    """Random parameters; ``boxed`` keeps the logical-axis metadata."""
-    params = jax.jit(self.init_boxed)(key)
-    return params if boxed else nn.unbox(params)
+  @property
+  def latent_dim(self) -> int:
+    return self.cfg.latent_dim
+
+  @property
+  def vocab_size(self) -> int:
+    return self.cfg.vocab_size
+
+  @property
+  def dims(self) -> family_lib.TransformerDims:
+    c = self.cfg
+    return family_lib.TransformerDims(
+      schedule=c.schedule,
+      prefix_len=c.text_len,
+      num_layers=c.num_layers,
+      d_model=c.d_model,
+      num_heads=c.num_heads,
+      num_kv_heads=c.num_kv_heads,
+      head_dim=c.head_dim,
+      mlp_dim=c.mlp_dim,
+      mlp_mats=3,
+      vocab_size=c.vocab_size,
+      remat=c.remat,
+    )
+
+  # -- conditioning -------------------------------------------------------------
+
+  def encode_prompts(self, prompts: Sequence[str]) -> family_lib.Cond:
+    ids, mask = text_lib.encode(list(prompts), self.cfg.text_len)
+    return {'text_ids': ids, 'text_mask': mask}
+
+  def null_cond(self, batch: int) -> family_lib.Cond:
+    ids, mask = text_lib.null_prompt(batch, self.cfg.text_len)
+    return {'text_ids': ids, 'text_mask': mask}
+
+  def truncate_prompt(self, prompt: str) -> str:
+    return text_lib.truncate(prompt, self.cfg.text_len)
+
+  def describe(self) -> str:
+    return f'{super().describe()}, byte-level prompts of <= {self.cfg.text_len} bytes'
+
+  # -- parameters ---------------------------------------------------------------
 
   def init_boxed(self, key: jax.Array, parts=('tokenizer', 'transformer')) -> dict:
-    """Pure init (jit/eval_shape-able); leaves are logical-axis boxes.
-
-    ``parts`` picks which of the two to build; each part's values do not
-    depend on which others are built.
-    """
     k_tok, k_tr = jax.random.split(key)
     out = {}
     if 'tokenizer' in parts:
@@ -60,12 +103,37 @@ class VarModel:
       out['transformer'] = self.transformer.init(k_tr, text, text > 0, inputs)
     return out
 
-  def init_part(self, key: jax.Array, part: str) -> dict:
-    """Random unboxed params of one part; equal to ``init(key)[part]``."""
-    fn = jax.jit(lambda k: self.init_boxed(k, parts=(part,))[part])
-    return nn.unbox(fn(key))
+  # -- transformer --------------------------------------------------------------
 
-  # -- tokenizer helpers shared by the sampler and the teacher-forced pass ---
+  def logits(self, transformer_params, cond, inputs_blc, num_scales=None):
+    return self.transformer.apply(
+      transformer_params, cond['text_ids'], cond['text_mask'], inputs_blc, num_scales
+    )
+
+  def init_cache(self, batch: int, dtype=None):
+    return tr_lib.init_cache(self.cfg, batch, dtype)
+
+  def prefill(self, transformer_params, cond, cache):
+    cache = self.transformer.apply(
+      transformer_params,
+      cond['text_ids'],
+      cond['text_mask'],
+      cache,
+      method=tr_lib.NextScaleTransformer.prefill,
+    )
+    return {'text_mask': cond['text_mask']}, cache
+
+  def step(self, transformer_params, inputs_bnc, s: int, ctx, cache):
+    return self.transformer.apply(
+      transformer_params,
+      inputs_bnc,
+      s,
+      ctx['text_mask'],
+      cache,
+      method=tr_lib.NextScaleTransformer.step,
+    )
+
+  # -- tokenizer ----------------------------------------------------------------
 
   def scale_residual(self, params: dict, ids_bhw: jnp.ndarray, s: int) -> jnp.ndarray:
     """h_s = phi_s(bicubic(E[ids])) at the latent size, [B, h, w, C]."""
@@ -78,28 +146,6 @@ class VarModel:
     grid = self.schedule.grids[s]
     x = resize.resize(f_hat, grid, 'area')
     return x.reshape(x.shape[0], grid[0] * grid[1], x.shape[-1])
-
-  def teacher_inputs(self, params: dict, tokens_bl: jnp.ndarray, num_scales=None):
-    """Next-scale inputs of every token, [B, L_p, C], from the token ids.
-
-    Scale 0 has no f_hat yet: its slots are zeros (the transformer replaces
-    them with its start vector). Accumulates f_hat in the sampler's order so
-    both paths compute the same numbers.
-    """
-    sched = self.schedule
-    num_scales = sched.num_scales if num_scales is None else num_scales
-    b = tokens_bl.shape[0]
-    pieces = [jnp.zeros((b, int(sched.counts[0]), self.cfg.latent_dim), jnp.float32)]
-    f_hat = jnp.zeros((b, *sched.latent_size, self.cfg.latent_dim), jnp.float32)
-    for s in range(num_scales - 1):
-      f_hat = f_hat + self.scale_residual(params, self.scale_ids(tokens_bl, s), s)
-      pieces.append(self.next_input(f_hat, s + 1))
-    return jnp.concatenate(pieces, axis=1)
-
-  def scale_ids(self, tokens_bl: jnp.ndarray, s: int) -> jnp.ndarray:
-    """The ids of scale s as a grid, [B, h_s, w_s]."""
-    start, end = self.schedule.span(s)
-    return tokens_bl[:, start:end].reshape(tokens_bl.shape[0], *self.schedule.grids[s])
 
   def decode_tokens(self, params: dict, tokens_bl: jnp.ndarray) -> jnp.ndarray:
     """Token ids [B, L] -> uint8 images [B, H, W, 3]."""
@@ -117,7 +163,7 @@ class VarModel:
 
   def encode_images(self, params: dict, images_u8: jnp.ndarray) -> jnp.ndarray:
     """uint8 [B, H, W, 3] -> token ids [B, L] (tokenizer's residual quantization)."""
-    check_images(images_u8, self.schedule.image_size)
+    family_lib.check_images(images_u8, self.schedule.image_size)
     x = jnp.asarray(images_u8, jnp.float32) / 255.0
     ids = self.tokenizer.apply(
       params['tokenizer'], x, method=tok_lib.MultiScaleVQVAE.encode_to_scales
@@ -125,20 +171,10 @@ class VarModel:
     return jnp.concatenate([r.reshape(r.shape[0], -1) for r in ids], axis=1)
 
 
-def check_images(images, image_size: tuple[int, int]) -> None:
-  """Raises ValueError naming the expected shape for a wrong-size image batch."""
-  shape = tuple(np.shape(images))
-  if len(shape) != 4 or shape[1:] != (*image_size, 3):
-    raise ValueError(
-      f'images have shape {shape}; expected [B, {image_size[0]}, {image_size[1]}, 3] '
-      f'(config.image_size={tuple(image_size)})'
-    )
-
-
-def build_model(config: ml_collections.ConfigDict) -> VarModel:
+def build(config: ml_collections.ConfigDict) -> VarrlModel:
   """Validates the config's model fields and builds the modules."""
   cfg = tr_lib.transformer_config(config)
-  return VarModel(
+  return VarrlModel(
     tokenizer=tok_lib.build_tokenizer(config),
     transformer=tr_lib.NextScaleTransformer(cfg),
     cfg=cfg,
