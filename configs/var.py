@@ -24,44 +24,17 @@ its settings scaled to 10 scales: split after the 8x8 grid (m128, 7 of 10
 scales), K = 2, alpha 0.6, 3:1.
 """
 
-from varrl_jax.config import base_config
-
-PATCH_NUMS = {
-  256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-  512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-}
-DEPTHS = (16, 20, 24, 30, 36)
+from varrl_jax.models.var_official import presets
 
 
 def get_config(arg=None):
   depth = int(arg) if arg else 16
   if depth < 1:
     raise ValueError(
-      f'configs/var.py:{arg}: the depth must be positive ({DEPTHS} are public)'
+      f'configs/var.py:{arg}: the depth must be positive '
+      f'({presets.PUBLIC_DEPTHS} are public)'
     )
-  resolution = 512 if depth == 36 else 256
-  config = base_config()
-  config.model.family = 'var'
-  config.image_size = (resolution, resolution)
-  config.scales = tuple((p, p) for p in PATCH_NUMS[resolution])
-
-  config.tokenizer.downsample = 16
-  config.tokenizer.channels = (160, 160, 320, 320, 640)
-  config.tokenizer.num_res_blocks = 2
-  config.tokenizer.latent_dim = 32
-  config.tokenizer.codebook_size = 4096
-  config.tokenizer.phi_count = 4
-  config.tokenizer.phi_ratio = 0.5
-
-  config.model.var.depth = depth
-  config.model.var.shared_aln = depth == 36
-  config.model.scan_unroll = 1
-
-  config.sampling.cfg_schedule = 'var'
-  config.sampling.cfg_scale = 4.0
-  config.sampling.top_k = 900
-  config.sampling.top_p = 0.95
-  config.sampling.temperature = 1.0
+  config = presets.official_config(depth)
   config.sampling.batch_size = 16
 
   config.rl.mode = 'full'

@@ -25,40 +25,54 @@ def _highest_precision():
     yield
 
 
+@pytest.mark.parametrize('path', var_fixture.REFERENCES)
 @pytest.mark.parametrize('shared', VARIANTS)
-def test_teacher_forced_logits_match_official(shared):
-  ref = var_fixture.reference()
-  model, params = var_fixture.model_and_params(shared)
+def test_teacher_forced_logits_match_official(shared, path):
+  ref = var_fixture.reference(path)
+  model, params = var_fixture.model_and_params(shared, path)
   tokens = jnp.asarray(ref['vae_idx_BL'], jnp.int32)
   inputs = model.teacher_inputs(params, tokens)
   np.testing.assert_allclose(inputs[:, 1:], ref['vae_var_input'], atol=TOL)
-  cond = {'label': jnp.asarray(ref['label_B'], jnp.int32)}  # [207, 1000 = null]
-  logits = model.logits(params['transformer'], cond, inputs)
+  labels = jnp.asarray(ref['label_B'], jnp.int32)  # reduced: [207, 1000 = null]
+  null = jnp.full_like(labels, model.cfg.null_class)
+  logits = model.logits(params['transformer'], {'label': labels}, inputs)
   want = ref[f'{PREFIX[shared]}_logits_BLV']
   assert logits.shape == want.shape
   err = float(np.abs(np.asarray(logits) - want).max())
+  print(f'{path}: shared_aln={shared} max |logits - official| = {err:.2e}')
   assert err <= TOL, err
-  # Not vacuous: the two rows (a class and the null class) differ, every scale.
-  assert float(np.abs(want[0] - want[1]).min(axis=-1).max()) > 1e-2
+  # Not vacuous: a class and the null class give other logits.
+  other = model.logits(params['transformer'], {'label': null}, inputs)
+  assert float(np.abs(np.asarray(other) - want).max()) > 1e-2
 
 
+@pytest.mark.parametrize('path', var_fixture.REFERENCES)
 @pytest.mark.parametrize('shared', VARIANTS)
-def test_greedy_sampler_matches_official_sampler(shared):
+def test_greedy_sampler_matches_official_sampler(shared, path):
   """Their autoregressive_infer_cfg(cfg=4, top_k=1) against ours with the
-  official linear CFG ramp: the same token at every position, the same image."""
-  ref = var_fixture.reference()
-  model, params = var_fixture.model_and_params(shared)
+  official linear CFG ramp: the same token at every position, the same image.
+  Where their top-1 margin at some scale is below our float error (a near
+  tie: the full d16 file has one), the scales before it."""
+  ref = var_fixture.reference(path)
+  p = PREFIX[shared]
+  gaps = ref[f'{p}_ar_gap_S']
+  model, params = var_fixture.model_and_params(shared, path)
   opts = SamplingOptions(cfg_scale=4.0, cfg_schedule='var', top_k=1)
   cond = model.encode_prompts([str(x) for x in ref['ar_label_B']])
   out = sampling.Sampler(model, opts).sample(params, cond, jax.random.key(0))
-  p = PREFIX[shared]
+  tied = np.flatnonzero(gaps < 10 * TOL)
+  if tied.size:
+    end = int(model.schedule.offsets[tied[0]])
+    assert tied[0] >= model.schedule.num_scales // 2, f'near tie at scale {tied[0]}'
+    np.testing.assert_array_equal(
+      np.asarray(out.tokens)[:, :end], ref[f'{p}_ar_idx_BL'][:, :end]
+    )
+    return
   np.testing.assert_array_equal(np.asarray(out.tokens), ref[f'{p}_ar_idx_BL'])
   # Their image is (x + 1) / 2 in [0, 1]; ours rounds the same to uint8.
   img = np.asarray(out.images).astype(np.float32) / 255.0
   want = ref[f'{p}_ar_img'].transpose(0, 2, 3, 1)
   assert float(np.abs(img - want).max()) <= 0.5 / 255 + TOL
-  # The smallest top-1 margin of their logits: argmax is not on a knife edge.
-  assert float(ref[f'{p}_ar_gap_S'].min()) > 1e-3
 
 
 @pytest.mark.parametrize('shared', VARIANTS)

@@ -1,11 +1,15 @@
 """The reduced official VAR of ``data/var_reference.npz`` (tools/var_reference.py):
 its config, its weights (regenerated from the recorded shapes by
-`random_state_dict`, seed 0) converted to our params, and the reference."""
+`random_state_dict`, seed 0) converted to our params, and the reference.
+
+``VARRL_VAR_REFERENCE=PATH`` adds another reference file written by the same
+tool (e.g. ``--full``, the official d16 size) to the parity tests."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -15,18 +19,21 @@ from varrl_jax.convert.random_state import random_state_dict
 from varrl_jax.models.family import build_model
 from varrl_jax.models.var_official import weights
 
-REF_PATH = pathlib.Path(__file__).parent / 'data' / 'var_reference.npz'
+REF_PATH = str(pathlib.Path(__file__).parent / 'data' / 'var_reference.npz')
+REFERENCES = [REF_PATH] + (
+  [os.environ['VARRL_VAR_REFERENCE']] if os.environ.get('VARRL_VAR_REFERENCE') else []
+)
 
 
 @functools.cache
-def reference() -> dict:
-  with np.load(REF_PATH) as z:
+def reference(path: str = REF_PATH) -> dict:
+  with np.load(path) as z:
     return {k: z[k] for k in z.files}
 
 
-def config(shared: bool = False):
-  """Our config of the reference's reduced VAR (7 scales at 128^2, depth 2)."""
-  ref = json.loads(str(reference()['config']))
+def config(shared: bool = False, path: str = REF_PATH):
+  """Our config of the reference's VAR (reduced: 7 scales at 128^2, depth 2)."""
+  ref = json.loads(str(reference(path)['config']))
   vae, var = ref['vae'], ref['varshared' if shared else 'var']
   c = base_config()
   c.model.family = 'var'
@@ -48,9 +55,9 @@ def config(shared: bool = False):
   return c
 
 
-def state_dicts(shared: bool = False) -> tuple[dict, dict]:
+def state_dicts(shared: bool = False, path: str = REF_PATH) -> tuple[dict, dict]:
   """Their two state_dicts (parameters by the recipe, buffers as recorded)."""
-  ref = reference()
+  ref = reference(path)
 
   def shapes(name):
     return {k: tuple(v[0]) for k, v in json.loads(str(ref[name])).items()}
@@ -63,7 +70,7 @@ def state_dicts(shared: bool = False) -> tuple[dict, dict]:
 
 
 @functools.cache
-def model_and_params(shared: bool = False):
-  model = build_model(config(shared))
-  vae, var = state_dicts(shared)
+def model_and_params(shared: bool = False, path: str = REF_PATH):
+  model = build_model(config(shared, path))
+  vae, var = state_dicts(shared, path)
   return model, weights.params_from_state_dicts(model, vae, 'vae.pth', var, 'var.pth')

@@ -1,0 +1,135 @@
+r"""Public checkpoints -> our orbax checkpoint (``--config.init_checkpoint``).
+
+  python -m varrl_jax.convert --family=var --vae=vae_ch160v4096z32.pth \
+      --transformer=var_d16.pth --out=ckpt/var_d16
+
+Reads the PyTorch files without torch (`torch_io`: ``.pth`` zip archives,
+``.safetensors``, sharded ``*.index.json``), infers the model's config from
+their shapes (or takes ``--config``, e.g. ``configs/var.py:16``), maps every
+key strictly (a missing, unexpected or wrong-shaped key is one ``error:``
+line naming the file and the key, exit 2) and writes the checkpoint with a
+manifest: the family, each source file's path, size and SHA-256, the config
+and the command. The directory is written next to ``--out`` and renamed into
+place only when complete; an existing ``--out`` is never touched.
+Afterwards nothing reads PyTorch files.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from varrl_jax import checkpoint, cli
+from varrl_jax.convert import torch_io
+from varrl_jax.models.family import build_model
+
+FAMILIES = ('var',)
+
+_FAMILY = flags.DEFINE_enum('family', None, FAMILIES, 'Model family of the files.')
+_VAE = flags.DEFINE_string(
+  'vae', None, 'The tokenizer checkpoint (.pth / .safetensors).'
+)
+_TRANSFORMER = flags.DEFINE_string(
+  'transformer', None, 'The transformer checkpoint (.pth / .safetensors / index.json).'
+)
+_OUT = flags.DEFINE_string('out', None, 'Output checkpoint directory (must not exist).')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Optional config to convert into (default: inferred from shapes).'
+)
+
+
+def _source(path: str) -> dict:
+  return {
+    'path': os.path.abspath(path),
+    'bytes': os.path.getsize(path),
+    'sha256': torch_io.sha256_file(path),
+  }
+
+
+def convert_var(vae_path: str, transformer_path: str, config=None):
+  """(config, params, sources) of an official VAR pair of checkpoints."""
+  from varrl_jax.models.var_official import presets, weights
+
+  vae_sd = torch_io.load_state_dict(vae_path)
+  var_sd = torch_io.load_state_dict(transformer_path)
+  if config is None:
+    config = presets.infer_from_state_dicts(vae_sd, vae_path, var_sd, transformer_path)
+  if config.model.family != 'var':
+    raise ValueError(
+      f'--config has model.family={config.model.family!r}; --family=var needs a '
+      'var config (e.g. configs/var.py:16)'
+    )
+  model = build_model(config)
+  params = weights.params_from_state_dicts(
+    model, vae_sd, vae_path, var_sd, transformer_path
+  )
+  sources = {'vae': _source(vae_path), 'transformer': _source(transformer_path)}
+  return config, params, sources
+
+
+def convert(family: str, out: str, command: str, config=None, **paths) -> dict:
+  """Converts and writes ``out``; returns the manifest."""
+  out = os.path.abspath(out)
+  if os.path.exists(out):
+    raise ValueError(
+      f'--out={out} exists; choose a new directory (nothing was written)'
+    )
+  for flag, path in paths.items():
+    if not path:
+      raise ValueError(f'--{flag} is required for --family={family}')
+  if family == 'var':
+    config, params, sources = convert_var(paths['vae'], paths['transformer'], config)
+  else:
+    raise ValueError(f'--family={family!r}; expected one of {FAMILIES}')
+  manifest = {
+    'stage': 'converted',
+    'family': family,
+    'sources': sources,
+    'config': config.to_dict(),
+    'command': command,
+  }
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f'.{os.path.basename(out)}.partial-{os.getpid()}')
+  try:
+    checkpoint.save_params(tmp, params, manifest)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return manifest
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  command = shlex.join(['python', '-m', 'varrl_jax.convert', *sys.argv[1:]])
+  try:
+    manifest = convert(
+      _FAMILY.value,
+      _OUT.value,
+      command,
+      _CONFIG.value,
+      vae=_VAE.value,
+      transformer=_TRANSFORMER.value,
+    )
+  except (torch_io.CheckpointFileError, checkpoint.CheckpointError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  c = manifest['config']
+  print(
+    f'converted {manifest["family"]} (depth {c["model"]["var"]["depth"]}, '
+    f'{tuple(c["image_size"])}) -> {os.path.abspath(_OUT.value)}'
+  )
+  print(f'use it with --config.init_checkpoint={os.path.abspath(_OUT.value)}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['family', 'out'])
+  app.run(main, flags_parser=cli.parse_flags)
