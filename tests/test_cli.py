@@ -83,6 +83,10 @@ def test_sample_writes_a_grid(tmp_path):
   assert 'image grid written to' in proc.stdout
   img = np.asarray(Image.open(tmp_path / 'samples.png'))
   assert img.ndim == 3 and img.shape[0] >= 64
+  with np.load(tmp_path / 'samples.npz') as z:
+    assert z['tokens'].shape == (1, 156) and z['tokens'].dtype == np.int32
+    assert z['images'].shape == (1, 40, 160, 3) and z['images'].dtype == np.uint8
+    assert list(z['prompts']) == ["a sign that reads 'OPEN'"]
 
 
 def test_compilation_cache_is_written_then_hit(tmp_path):

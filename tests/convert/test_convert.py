@@ -168,3 +168,73 @@ def test_cli_errors_are_one_line_exit_2_and_leave_nothing(files, tmp_path):
     assert 'Traceback' not in proc.stderr
   assert sorted(os.listdir(tmp_path)) == ['existing', 'notes.txt', 'truncated.pth']
   assert os.listdir(existing) == ['keep.txt']
+
+
+def test_sample_class_ids_from_converted_checkpoint(files, tmp_path):
+  """convert, then `varrl_jax.sample --prompt=207 --prompt=3`: samples.npz
+  holds every image's token ids in schedule order, which decode to its image."""
+  out = tmp_path / 'ckpt'
+  assert (
+    _run(
+      f'--vae={files["vae"]}',
+      f'--transformer={files["transformer"]}',
+      f'--out={out}',
+      f'--config={files["config"]}',
+    ).returncode
+    == 0
+  )
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  work = tmp_path / 'samples'
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'varrl_jax.sample',
+      f'--config={files["config"]}',
+      f'--config.init_checkpoint={out}',
+      '--prompt=207',
+      '--prompt=3',
+      '--num_per_prompt=2',
+      '--ocr=none',
+      f'--workdir={work}',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with np.load(work / 'samples.npz') as z:
+    tokens, images, prompts = z['tokens'], z['images'], z['prompts']
+    np.testing.assert_array_equal(
+      z['scale_index'],
+      [0] + [1] * 4 + [2] * 9 + [3] * 16 + [4] * 25 + [5] * 36 + [6] * 64,
+    )
+  assert tokens.shape == (4, 155) and images.shape == (4, 128, 128, 3)
+  assert list(prompts) == ['207', '207', '3', '3']
+  model, params = var_fixture.model_and_params()
+  with jax.default_matmul_precision('highest'):
+    decoded = np.asarray(model.decode_tokens(params, tokens))
+  assert np.abs(decoded.astype(int) - images.astype(int)).max() <= 1
+  assert (work / 'samples.png').exists()
+  bad = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'varrl_jax.sample',
+      f'--config={files["config"]}',
+      f'--config.init_checkpoint={out}',
+      '--prompt=goldfish',
+      '--ocr=none',
+      f'--workdir={work}',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  errors = [line for line in bad.stderr.splitlines() if line.startswith('error:')]
+  assert bad.returncode == 2 and len(errors) == 1 and 'not a class id' in errors[0]

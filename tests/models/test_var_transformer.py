@@ -146,3 +146,28 @@ def test_class_prompts_are_validated():
       ValueError, match='not a class id: the var family takes class ids 0..999'
     ):
       model.encode_prompts([bad])
+
+
+# Parameter counts of the official constructors (VAR(depth=d, embed_dim=64 d,
+# num_heads=d, shared_aln=d == 36, attn_l2_norm=True) and VQVAE(ch=160,
+# V=4096, Cvae=32, share_quant_resi=4)), sum(p.numel() for p in
+# m.parameters()), read off their code at commit 78b9539 (d36 at 512^2).
+OFFICIAL_COUNTS = {
+  16: 310_283_520,
+  20: 600_917_136,
+  24: 1_033_399_360,
+  30: 2_010_020_356,
+  36: 2_353_893_904,
+}
+OFFICIAL_VAE = 108_948_355
+
+
+@pytest.mark.parametrize('depth', sorted(OFFICIAL_COUNTS))
+def test_parameter_counts_equal_the_official_models(depth):
+  from varrl_jax.models import summary
+  from varrl_jax.models.var_official import presets
+
+  counts = summary.count_parameters(presets.official_config(depth))
+  vae = sum(v for k, v in counts.items() if k.startswith('tokenizer'))
+  var = sum(v for k, v in counts.items() if k.startswith('transformer'))
+  assert (vae, var) == (OFFICIAL_VAE, OFFICIAL_COUNTS[depth])

@@ -1,8 +1,11 @@
 r"""Parameter counts per module from abstract shapes (nothing is allocated).
 
   python -m varrl_jax.models.summary --config=configs/cvtg.py
+  python -m varrl_jax.models.summary --config=configs/var.py:16
 
-Last line: the total, e.g. ``total 7.07B parameters``.
+Last line: the total, e.g. ``total 7.07B parameters``. The line before it
+gives the two parts as the official VAR training script reports them
+(``[#para] VAE=108.95, VAR=310.28`` in millions: tokenizer and transformer).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ def main(argv):
   counts = count_parameters(config)
   model = build_model(config)
   print(
-    f'image {tuple(config.image_size)}, {model.schedule.num_scales} scales, '
-    f'{model.schedule.num_tokens} image tokens + {config.model.text_len} text tokens'
+    f'{model.family} family: image {tuple(config.image_size)}, '
+    f'{model.schedule.num_scales} scales, {model.schedule.num_tokens} image tokens'
+    + (f' + {model.dims.prefix_len} prompt tokens' if model.dims.prefix_len else '')
   )
   width = max(len(k) for k in counts)
   for component in ('tokenizer', 'transformer'):
@@ -61,6 +65,14 @@ def main(argv):
     print(
       f'{component + " total":<{width + 2}}  {sum(sub.values()):>15,d}  {_fmt(sum(sub.values())):>8}'
     )
+  parts = {
+    c: sum(v for k, v in counts.items() if k.startswith(c))
+    for c in ('tokenizer', 'transformer')
+  }
+  print(
+    f'[#para] VAE={parts["tokenizer"] / 1e6:.2f}, '
+    f'VAR={parts["transformer"] / 1e6:.2f} (millions)'
+  )
   total = sum(counts.values())
   if total >= 1e8:
     print(f'total {total / 1e9:.2f}B parameters')
