@@ -1,7 +1,18 @@
-r"""Sampling throughput: KV-cached sampler vs. recomputing the prefix at every scale.
+r"""Sampling throughput: KV-cached sampler vs. recomputing the prefix at every
+scale, and (VAR family) vs. the official FoundationVision/VAR sampler.
 
   python benchmarks/sampling.py --config=configs/tiny.py
-  python benchmarks/sampling.py --config=configs/var_d16.py --batch_size=2
+  python benchmarks/sampling.py --config=configs/var.py:16 --batch_size=8 \
+      --official_repo=/path/to/VAR --official_python=/path/to/venv/bin/python
+
+With ``--official_repo`` (a checkout of FoundationVision/VAR; their code runs
+in a worker process, `official_var_worker.py`, with ``--official_python``,
+which needs torch and huggingface_hub) the official model is built with their
+random init, its state_dicts are converted into ours (the same weights on
+both sides), and their ``autoregressive_infer_cfg`` is timed in this run,
+alternating with ours, at the config's sampling settings (configs/var.py:
+the demo's CFG 4 on their ramp, top-k 900, top-p 0.95). The last line is
+then ``ours_vs_official N.NNx`` (official seconds per batch / ours).
 
 Both samplers run the same model, weights, prompts and key in this one run
 (they draw identical tokens in exact float32 arithmetic: on CPU, or with
@@ -13,7 +24,12 @@ the ratio line ``kv_cache_speedup N.NNx``.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -22,13 +38,19 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from varrl_jax import cli, sampling
+from varrl_jax import aot, cli, sampling
 from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Images per call (default: config).')
 _RUNS = flags.DEFINE_integer('runs', 5, 'Timed runs per sampler (median reported).')
+_OFFICIAL = flags.DEFINE_string(
+  'official_repo', None, 'A FoundationVision/VAR checkout: time their sampler too.'
+)
+_OFFICIAL_PY = flags.DEFINE_string(
+  'official_python', sys.executable, 'Python with torch + huggingface_hub for it.'
+)
 _PRECISION = flags.DEFINE_enum(
   'matmul_precision',
   'default',
@@ -71,12 +93,70 @@ def compile_program(name, sampler, params, cond):
 
 def interleaved_times(programs: dict, args, runs: int) -> dict:
   """Median seconds per call, the programs' runs alternating so that load
-  changes on the machine affect both sides alike."""
+  changes on the machine affect both sides alike. A program that returns a
+  float reports its own seconds (the official worker: no IPC counted)."""
   times = {name: [] for name in programs}
   for _ in range(runs):
     for name, fn in programs.items():
-      times[name].append(_timed(lambda fn=fn: jax.block_until_ready(fn(*args))))
+      t = time.perf_counter()
+      out = jax.block_until_ready(fn(*args))
+      times[name].append(out if isinstance(out, float) else time.perf_counter() - t)
   return {name: statistics.median(t) for name, t in times.items()}
+
+
+class OfficialWorker:
+  """The official sampler in a worker process (see official_var_worker.py)."""
+
+  def __init__(self, repo: str, python: str):
+    worker = os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'official_var_worker.py'
+    )
+    self.proc = subprocess.Popen(
+      [python, worker, f'--var_repo={repo}'],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+    )
+
+  def ask(self, **msg) -> dict:
+    self.proc.stdin.write(json.dumps(msg) + '\n')
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'the official worker exited ({self.proc.wait()})')
+    reply = json.loads(line)
+    if 'error' in reply:
+      raise RuntimeError(reply['error'])
+    return reply
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.ask_quit()
+
+  def ask_quit(self):
+    self.proc.stdin.write(json.dumps({'cmd': 'quit'}) + '\n')
+    self.proc.stdin.flush()
+    self.proc.wait(timeout=60)
+
+
+def official_weights(model, worker: OfficialWorker, tmp: str):
+  """Their random init, converted into our params (the same weights)."""
+  from varrl_jax.convert import torch_io
+  from varrl_jax.models.var_official import weights
+
+  cfg = model.cfg
+  info = worker.ask(
+    cmd='init',
+    depth=cfg.depth,
+    patch_nums=[g[0] for g in model.schedule.grids],
+    shared_aln=cfg.shared_aln,
+    out_dir=tmp,
+    seed=0,
+  )
+  vae = torch_io.load_state_dict(info['vae'])
+  var = torch_io.load_state_dict(info['var'])
+  params = weights.params_from_state_dicts(model, vae, info['vae'], var, info['var'])
+  return jax.tree.map(jnp.asarray, params), info
 
 
 def main(argv):
@@ -87,7 +167,19 @@ def main(argv):
   model = build_model(config)
   batch = _BATCH.value or config.sampling.batch_size
   opts = SamplingOptions.from_config(config.sampling)
-  params = model.init(jax.random.key(0))
+  worker = info = None
+  if _OFFICIAL.value:
+    if model.family != 'var':
+      raise app.UsageError('--official_repo compares the var family (configs/var.py)')
+    worker = OfficialWorker(_OFFICIAL.value, _OFFICIAL_PY.value)
+    tmp = tempfile.mkdtemp(prefix='var_official_')
+    params, info = official_weights(model, worker, tmp)
+    print(
+      f'official: {_OFFICIAL.value} at {info["commit"][:7]}, torch {info["torch"]}, '
+      f'{info["threads"]} threads; their random init converted into ours'
+    )
+  else:
+    params = model.init(jax.random.key(0))
   examples = model.example_prompts
   cond = model.encode_prompts([examples[i % len(examples)] for i in range(batch)])
   sampler = sampling.Sampler(model, opts)
@@ -99,23 +191,41 @@ def main(argv):
     f'{model.schedule.num_tokens} tokens/image, batch {batch}, cfg {opts.cfg_scale}'
   )
   print(f'matmul peak (2048^3 f32, this run): {peak / 1e9:.1f} GFLOP/s')
-  if config.model.scan_unroll < config.model.num_layers:
-    print(
-      'note: XLA counts the FLOPs of a scanned loop body once; with '
-      f'--config.model.scan_unroll={config.model.num_layers} the counts cover every layer'
-    )
+  rows = 2 * batch if opts.uses_uncond else batch
+  model_flops = aot.sample_flops(model.dims, rows)
+  print(
+    f'model FLOPs per call (matmuls and visible attention, {rows} rows): '
+    f'{model_flops / 1e9:.1f} GFLOP'
+  )
   compiled, outs, compile_s = {}, {}, {}
   for name in ('sample', 'recompute'):
     compiled[name], outs[name], compile_s[name] = compile_program(
       name, sampler, params, cond
     )
-  step_s = interleaved_times(compiled, (params, cond, jax.random.key(0)), _RUNS.value)
-  for name, label in (('sample', 'kv-cache '), ('recompute', 'recompute')):
-    flops = _flops(compiled[name])
+  programs = dict(compiled)
+  if worker is not None:
+    labels = [int(x) for x in np.asarray(cond['label'])]
+    run = dict(cmd='run', labels=labels, cfg=opts.cfg_scale, top_k=opts.top_k)
+    run['top_p'] = opts.top_p if opts.top_p < 1.0 else 0.0
+    worker.ask(**run)  # warm-up
+
+    def official(*_):
+      return worker.ask(**run)['seconds']
+
+    programs['official'] = official
+  step_s = interleaved_times(programs, (params, cond, jax.random.key(0)), _RUNS.value)
+  labels = (('sample', 'kv-cache '), ('recompute', 'recompute'))
+  for name, label in labels + ((('official', 'official '),) if worker else ()):
+    xla = (
+      f', {_flops(compiled[name]) / 1e9:.1f} GFLOP/call XLA count'
+      if name in compiled
+      else ''
+    )
+    extra = f'compile {compile_s[name]:.1f}s{xla}, ' if name in compiled else ''
     print(
       f'{label}: {batch / step_s[name]:8.2f} images/s  ({step_s[name] * 1e3:.0f} ms/call, '
-      f'compile {compile_s[name]:.1f}s, {flops / 1e9:.1f} GFLOP/call (XLA count), '
-      f'{flops / step_s[name] / 1e9:.1f} GFLOP/s = {flops / step_s[name] / peak:.1%} of peak)'
+      f'{extra}{model_flops / step_s[name] / 1e9:.1f} GFLOP/s of model FLOPs = '
+      f'{model_flops / step_s[name] / peak:.1%} of the matmul peak)'
     )
   a, b = np.asarray(outs['sample'][0]), np.asarray(outs['recompute'][0])
   same = np.array_equal(a, b)
@@ -130,6 +240,9 @@ def main(argv):
       '--matmul_precision=highest compares them exactly'
     )
   print(f'kv_cache_speedup {step_s["recompute"] / step_s["sample"]:.2f}x')
+  if worker is not None:
+    worker.close()
+    print(f'ours_vs_official {step_s["official"] / step_s["sample"]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -84,14 +84,15 @@ class WaitingPool:
 def mode(trainer: loop.Trainer, name: str, chunks: int):
   """Sets the trainer's pool and ``rl.rollout_chunks`` for one mode; yields the
   waiting pool (or None)."""
-  pool, old_chunks = trainer.pool, trainer.config.rl.rollout_chunks
+  ocr = trainer.reward.get('ocr')
+  pool, old_chunks = ocr.pool, trainer.config.rl.rollout_chunks
   waiting = WaitingPool(pool) if name == 'wait' else None
-  trainer.pool = waiting or pool
+  ocr.pool = waiting or pool
   trainer.config.rl.rollout_chunks = 1 if name == 'chunks1' else chunks
   try:
     yield waiting
   finally:
-    trainer.pool, trainer.config.rl.rollout_chunks = pool, old_chunks
+    ocr.pool, trainer.config.rl.rollout_chunks = pool, old_chunks
 
 
 def run_one(config, trainer, name: str, chunks: int, update: int) -> dict:

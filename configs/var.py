@@ -37,6 +37,9 @@ def get_config(arg=None):
   config = presets.official_config(depth)
   config.sampling.batch_size = 16
 
+  # Class ids as prompts and a reward that needs no text (see the docstring).
+  config.rl.prompts = 'classes:all'
+  config.rl.rewards = 'jpeg_compressibility'
   config.rl.mode = 'full'
   config.rl.prompts_per_update = 4
   config.rl.group_size = 4

@@ -107,3 +107,42 @@ def test_compilation_cache_is_written_then_hit(tmp_path):
   assert second.returncode == 0, second.stderr[-2000:]
   assert "Persistent compilation cache hit for 'jit__sample_impl'" in second.stderr
   assert "CACHE MISS for 'jit__sample_impl'" not in second.stderr
+
+
+@pytest.mark.parametrize(
+  'args, expected',
+  [
+    (
+      ['--config.rl.rewards=ocr:0.5,jpeg'],
+      "error: config.rl.rewards='ocr:0.5,jpeg': 'jpeg': unknown reward 'jpeg' "
+      '(known rewards: jpeg_compressibility, jpeg_incompressibility, ocr',
+    ),
+    (
+      ['--config.rl.prompts=classes:1,x'],
+      "error: config.rl.prompts='classes:1,x': 'x'",
+    ),
+  ],
+)
+def test_train_reports_a_bad_reward_or_prompt_spec_in_one_line(
+  tmp_path, args, expected
+):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'varrl_jax.train',
+      '--config=configs/tiny.py',
+      f'--workdir={tmp_path}',
+      *args,
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = _error_lines(proc)
+  assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr

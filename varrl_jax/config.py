@@ -137,7 +137,17 @@ def base_config() -> ml_collections.ConfigDict:
   # 'full' (vmr+panw+mp). Hyper-parameters below apply where on.
   c.rl.mode = 'full'
   c.rl.num_updates = 20  # outer updates (rollout batches) of a run
-  c.rl.data_seed = 0  # seed of the synthetic 'train' prompt stream
+  c.rl.data_seed = 0  # seed of the RL prompt stream (synthetic or class order)
+  # RL prompts (varrl_jax/data/prompt_sources.py): 'synthetic' (rendered-text
+  # prompts with target words) or class ids for class-conditional families:
+  # 'classes:all' (0 .. model.var.num_classes - 1), 'classes:207,360,387',
+  # 'classes:@PATH' (one id a line, '#' comments).
+  c.rl.prompts = 'synthetic'
+  # The reward: a weighted sum of terms (varrl_jax/rewards/api.py), comma-
+  # separated NAME[:WEIGHT] of registered rewards ('ocr', 'jpeg_compressibility',
+  # 'jpeg_incompressibility') or MODULE:ATTR[:WEIGHT] of your own; e.g.
+  # 'ocr:1.0,jpeg_compressibility:0.2'. A weight left out is 1.
+  c.rl.rewards = 'ocr'
   c.rl.prompts_per_update = 4  # prompts per rollout batch (paper: 16)
   c.rl.group_size = 4  # G: samples (prefixes) per prompt (paper: 16)
   c.rl.inner_updates = 1  # optimizer steps per rollout batch (old log-probs kept)
@@ -174,6 +184,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.mp.propagation = 'max'  # 'max' | 'area' fine -> coarse pooling
   c.rl.mp.floor = 0.0  # mask = floor + (1 - floor) mask
   c.rl.mp.empty = 'ones'  # mask of an image without boxes: 'ones' | 'zeros'
+  # Settings of the 'ocr' reward (varrl_jax/rewards/text.py, service.py).
   c.rl.reward = ml_collections.ConfigDict()
   c.rl.reward.kind = 'comp_sim_pen'  # 'comp_sim_pen' | 'one_minus_ned'
   c.rl.reward.fallback = 0.0  # reward of an image whose OCR failed

@@ -4,14 +4,23 @@ r"""RL of a next-scale text-to-image model: GRPO with VMR, PANW and MP.
   python -m varrl_jax.train --config=configs/tiny.py --config.rl.mode=vanilla \
       --config.rl.num_updates=50 --workdir=/tmp/vanilla
 
-Reads top to bottom: model and weights, OCR pool, held-out evaluation
-before, the update loop (rollouts -> OCR rewards -> advantages, VMR, masks
--> GRPO steps), checkpoint, held-out evaluation after. Writes to WORKDIR:
-``metrics.jsonl`` and TensorBoard events (one record per update: rewards,
-V_m, advantages, per-scale KL / entropy / ratio / clip fraction / gradient
-share / PANW weight / mask coverage, OCR and timing), ``masks.png`` (the
-propagated mask at every scale over one rollout image), ``eval_before/``,
-``eval_after/``, ``before_after.png`` and ``checkpoints/final``.
+Reads top to bottom: checks of the reward and prompt configuration, model
+and weights, the reward (``config.rl.rewards``; its OCR pool), held-out
+evaluation before, the update loop (rollouts of ``config.rl.prompts`` ->
+rewards -> advantages, VMR, masks -> GRPO steps), checkpoint, held-out
+evaluation after. Writes to WORKDIR: ``metrics.jsonl`` and TensorBoard
+events (one record per update: rewards total and per term, V_m, advantages,
+per-scale KL / entropy / ratio / clip fraction / gradient share / PANW
+weight / mask coverage, OCR and timing), ``masks.png`` (the propagated mask
+at every scale over one rollout image), ``eval_before/``, ``eval_after/``,
+``before_after.png`` and ``checkpoints/final``.
+
+The held-out evaluation is OCR Word Accuracy / NED (`eval.evaluator`) when
+the reward has an ``ocr`` term and the prompts are synthetic text prompts;
+otherwise it is the configured reward's mean and std, total and per term
+(`eval.reward_eval`), on ``config.eval.num_prompts`` prompts: the synthetic
+``config.eval.split``, or for class prompts a fixed choice of the
+configured classes (seed ``config.eval.data_seed``).
 
 Multi-host (a TPU pod: one process per worker, the same command on all):
 ``config.distributed`` starts ``jax.distributed`` (automatic on Cloud TPU
@@ -36,10 +45,11 @@ from ml_collections import config_flags
 from varrl_jax import checkpoint as ckpt_lib
 from varrl_jax import cli, distributed, fs, parallel
 from varrl_jax import images as images_lib
-from varrl_jax.data import synthetic
-from varrl_jax.eval import evaluator, prompt_sets
+from varrl_jax.data import prompt_sources, synthetic
+from varrl_jax.eval import evaluator, prompt_sets, reward_eval
 from varrl_jax.models.family import build_model
-from varrl_jax.rewards.service import make_pool
+from varrl_jax.models.text import PromptError
+from varrl_jax.rewards import api as reward_api
 from varrl_jax.rl import loop, mask_viz
 from varrl_jax.weights import load_weights
 from varrl_jax.writers import MetricWriter
@@ -50,14 +60,34 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/train', 'Output folder.')
 
 
-def _eval(config, model, params, pool, workdir: str, name: str, mesh):
+def _uses_ocr_eval(reward, source) -> bool:
+  """Word Accuracy needs text targets and the OCR pool (module docstring)."""
+  return reward.get('ocr') is not None and isinstance(
+    source, prompt_sources.SyntheticPrompts
+  )
+
+
+def _eval_prompts(config, source) -> list[prompt_sets.EvalPrompt]:
   ec = config.eval
-  prompts = prompt_sets.synthetic_prompts(
+  if isinstance(source, prompt_sources.ClassPrompts):
+    return [
+      prompt_sets.EvalPrompt(p, t, {'class': int(p)}, f'classes/{i}')
+      for i, (p, t) in enumerate(source.evaluation(ec.num_prompts, ec.data_seed))
+    ]
+  return prompt_sets.synthetic_prompts(
     ec.split, ec.num_prompts, ec.data_seed, synthetic.Variety.from_config(config.data)
   )
-  report = evaluator.evaluate(
-    model, params, config, prompts, pool, progress=False, mesh=mesh
-  )
+
+
+def _eval(config, model, params, reward, source, workdir: str, name: str, mesh):
+  ec = config.eval
+  prompts = _eval_prompts(config, source)
+  if _uses_ocr_eval(reward, source):
+    report = evaluator.evaluate(
+      model, params, config, prompts, reward.get('ocr').pool, progress=False, mesh=mesh
+    )
+  else:
+    report = reward_eval.evaluate(model, params, config, prompts, reward, mesh)
   if distributed.is_main():
     out = fs.join(workdir, name)
     fs.makedirs(out)
@@ -171,8 +201,9 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
     initial=start,
     disable=not distributed.is_main(),
   )
+  source = prompt_sources.from_config(config)
   for update in bar:
-    prompts = loop.update_prompts(config, update)
+    prompts = loop.update_prompts(config, update, source)
     try:
       metrics, ro, scored, phase = trainer.run_update(
         update, prompts, jax.random.fold_in(key, update)
@@ -186,8 +217,10 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
     bar.set_postfix(phase=phase, reward=f'{metrics["reward/mean"]:.3f}')
     if update == 0 and distributed.is_main():
       # Of the rows whose images are in this process, the one with most boxes.
-      j = int(np.argmax([len(scored.boxes[r]) for r in ro.local_rows]))
-      mask = trainer.mask_rows([scored.boxes[ro.local_rows[j]]], 1)[0]
+      boxes = scored.boxes or [[] for _ in ro.prompts]
+      j = int(np.argmax([len(boxes[r]) for r in ro.local_rows]))
+      row = None if scored.boxes is None else [boxes[ro.local_rows[j]]]
+      mask = trainer.mask_rows(row, 1)[0]
       fs.save_image(
         fs.join(workdir, 'masks.png'),
         mask_viz.mask_panels(ro.images[j], mask, model.schedule),
@@ -207,14 +240,39 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
   return metrics
 
 
-def train(config, workdir: str, pool=None) -> dict:
-  """Runs the whole job; returns the before/after held-out summaries.
+def _check(config, model):
+  """Bad rewards or prompts fail here, before anything loads or compiles."""
+  reward_api.parse(config.rl.rewards)
+  source = prompt_sources.from_config(config)
+  first = source.batch(0, config.rl.prompts_per_update)
+  try:
+    model.encode_prompts([p for p, _ in first])
+  except PromptError as e:
+    raise PromptError(
+      f'config.rl.prompts={config.rl.prompts!r} does not fit the '
+      f'{model.family!r} family: {e}'
+    ) from None
+  return source
 
-  ``pool``: an OCR pool to use instead of the one ``config.ocr`` describes
-  (tests inject engines this way).
+
+def _captions(report, n: int) -> list[str]:
+  if isinstance(report, reward_eval.RewardReport):
+    return reward_eval.grid_captions(report.records, n)
+  return evaluator.grid_captions(report.records, n)
+
+
+def train(config, workdir: str, pool=None) -> dict:
+  """Runs the whole job; returns the before/after held-out summaries:
+  `eval.metrics.Summary` (Word Accuracy, NED) or `reward_eval.RewardSummary`
+  (module docstring).
+
+  ``pool``: an OCR pool for the ``ocr`` reward term instead of the one
+  ``config.ocr`` describes (tests inject engines this way; the caller closes
+  it; unused when ``config.rl.rewards`` has no ``ocr`` term).
   """
-  # Model and weights.
+  # Model, checks of the reward and prompts, weights.
   model = build_model(config)
+  prompt_source = _check(config, model)
   method = loop.Method.from_config(config, model)
   # Mesh: config.mesh over every device of every process. The weights are
   # loaded straight onto it.
@@ -232,13 +290,20 @@ def train(config, workdir: str, pool=None) -> dict:
   fs.makedirs(workdir)
   writer = MetricWriter(workdir)
 
-  with pool if pool is not None else make_pool(config) as pool:
-    before = _eval(config, model, params, pool, workdir, 'eval_before', mesh)
-    print(
-      f'held-out before: Word Accuracy {before.summary.word_accuracy:.4f}  '
-      f'NED {before.summary.ned:.4f}'
+  with reward_api.build(config, pool=pool) as reward:
+    logging.info('reward %s, weights %s', reward.name, reward.weights)
+    ocr_eval = _uses_ocr_eval(reward, prompt_source)
+    before = _eval(
+      config, model, params, reward, prompt_source, workdir, 'eval_before', mesh
     )
-    trainer = loop.Trainer(config, model, params, pool, mesh)
+    if ocr_eval:
+      print(
+        f'held-out before: Word Accuracy {before.summary.word_accuracy:.4f}  '
+        f'NED {before.summary.ned:.4f}'
+      )
+    else:
+      print(f'held-out before: {before.summary.line()}')
+    trainer = loop.Trainer(config, model, params, reward, mesh)
     states = ckpt_lib.TrainCheckpoints(
       fs.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
     )
@@ -251,7 +316,16 @@ def train(config, workdir: str, pool=None) -> dict:
     finally:
       states.close()
     ckpt = _save(config, trainer, workdir, 'final', config.rl.num_updates, metrics)
-    after = _eval(config, model, trainer.params, pool, workdir, 'eval_after', mesh)
+    after = _eval(
+      config,
+      model,
+      trainer.params,
+      reward,
+      prompt_source,
+      workdir,
+      'eval_after',
+      mesh,
+    )
   writer.close()
   b, a = before.summary, after.summary
   if not distributed.is_main():
@@ -261,18 +335,21 @@ def train(config, workdir: str, pool=None) -> dict:
   grid = images_lib.save_grid(
     fs.join(workdir, 'before_after.png'),
     np.concatenate([before.grid_images[:n], after.grid_images[:n]]),
-    [f'before\n{c}' for c in evaluator.grid_captions(before.records, n)]
-    + [f'after\n{c}' for c in evaluator.grid_captions(after.records, n)],
+    [f'before\n{c}' for c in _captions(before, n)]
+    + [f'after\n{c}' for c in _captions(after, n)],
     columns=n,
     scale=2,
     caption_lines=3,
   )
   print(f'checkpoint: {ckpt}')
   print(f'before/after grid: {grid}')
-  print(
-    f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
-    f'NED {b.ned:.4f} -> {a.ned:.4f}  ({config.eval.split}, {a.n_words} words)'
-  )
+  if ocr_eval:
+    print(
+      f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
+      f'NED {b.ned:.4f} -> {a.ned:.4f}  ({config.eval.split}, {a.n_words} words)'
+    )
+  else:
+    print(f'held-out {b.change(a)}  ({a.n_images} images)')
   return {'before': b, 'after': a}
 
 

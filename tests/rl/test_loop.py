@@ -205,7 +205,7 @@ def test_prefix_mask_is_built_from_the_union_of_branch_boxes(toy):
   with OcrPool(ReadsWhenBright, num_workers=0) as pool:
     trainer = loop.Trainer(config, model, params, pool)
     ro = trainer.rollout(PROMPTS, jax.random.key(0))
-    scored = rollout_lib.score(ro, config.rl.reward, 'matched')
+    scored = rollout_lib.score(ro, trainer.reward)
   # Branch 0 of every prefix saw text in the top-left corner, branch 1 none.
   boxes = [[(0.0, 0.0, 8.0, 8.0)] if i % 2 == 0 else [] for i in range(len(ro.prompts))]
   scored = dataclasses.replace(scored, boxes=boxes)
@@ -225,7 +225,7 @@ def test_non_finite_step_leaves_the_state_unchanged(toy):
   with OcrPool(ReadsWhenBright, num_workers=0) as pool:
     trainer = loop.Trainer(c, model, params, pool)
     ro = trainer.rollout(PROMPTS, jax.random.key(0))
-    scored = rollout_lib.score(ro, c.rl.reward, 'matched')
+    scored = rollout_lib.score(ro, trainer.reward)
   batch, _ = trainer.build_batch(ro, scored, 'full')
   before = [np.asarray(x).copy() for x in jax.tree.leaves(trainer.state.params)]
   bad = dict(batch, advantages=batch['advantages'].at[0].set(np.nan))
@@ -372,3 +372,81 @@ def test_resume_of_a_state_with_an_older_reference_digest(tmp_path, caplog):
     train.train(c, str(tmp_path), pool=pool)
   assert any('older varrl_jax' in r.getMessage() for r in caplog.records)
   assert sorted(os.listdir(tmp_path / 'checkpoints' / 'state')) == ['1', '2']
+
+
+def _jpeg_config(updates):
+  """No OCR anywhere: the JPEG reward on class-id prompts (the toy model
+  reads them as text)."""
+  c = _train_config()
+  c.rl.rewards = 'jpeg_compressibility'
+  c.rl.prompts = 'classes:3,5,7,11,13'
+  c.rl.num_updates = updates
+  return c
+
+
+def test_jpeg_reward_without_ocr_logs_terms_warns_once_and_resumes_exactly(
+  tmp_path, monkeypatch, caplog, capsys
+):
+  import json
+
+  from varrl_jax import train
+  from varrl_jax.eval import reward_eval
+  from varrl_jax.rewards import service
+  from varrl_jax.writers import read_jsonl
+
+  def no_ocr(*args, **kwargs):
+    raise AssertionError('an OCR pool was made for a run without an ocr term')
+
+  monkeypatch.setattr(service, 'make_pool', no_ocr)
+  straight, split = tmp_path / 'straight', tmp_path / 'split'
+  result = train.train(_jpeg_config(2), str(straight))
+
+  # MP has no regions to work with: all-ones masks, and one warning per run.
+  warnings = [r for r in caplog.records if 'gives no regions' in r.getMessage()]
+  assert len(warnings) == 1, [r.getMessage() for r in warnings]
+  records = read_jsonl(str(straight / 'metrics.jsonl'))
+  assert [r['step'] for r in records] == [0, 1]
+  for r in records:
+    assert r['mask/coverage'] == 1.0
+    assert r['reward/jpeg_compressibility/mean'] == pytest.approx(r['reward/mean'])
+    assert r['reward/jpeg_compressibility/std'] == pytest.approx(r['reward/std'])
+    assert r['reward/jpeg_compressibility/adv_share'] == pytest.approx(1.0)
+    assert r['reward/mean'] < 0 and r['reward/std'] > 0  # minus kilobytes, varied
+    assert not any(k.startswith('ocr/') or k == 'reward/comp' for k in r), sorted(r)
+
+  # The held-out evaluation reports the reward.
+  before, after = result['before'], result['after']
+  assert isinstance(after, reward_eval.RewardSummary) and after.n_images == 2
+  assert set(after.terms) == {'jpeg_compressibility'} and after.mean < 0
+  out = capsys.readouterr().out
+  assert 'held-out before: reward ' in out and '(jpeg_compressibility ' in out
+  assert f'held-out {before.change(after)}' in out
+  with open(straight / 'eval_after' / 'metrics.json') as f:
+    flat = json.load(f)['metrics']
+  assert flat['reward/jpeg_compressibility/mean'] == pytest.approx(after.mean)
+  assert (straight / 'before_after.png').exists() and (straight / 'masks.png').exists()
+
+  # One update, then a second run continues: the same weights bit for bit.
+  train.train(_jpeg_config(1), str(split))
+  train.train(_jpeg_config(2), str(split))
+  _assert_bitwise_equal(_final_params(split), _final_params(straight))
+  assert [r['step'] for r in read_jsonl(str(split / 'metrics.jsonl'))] == [0, 1]
+
+
+def test_bad_reward_or_prompts_fail_before_any_compile(tmp_path, monkeypatch):
+  from varrl_jax import train
+
+  def no_weights(*args, **kwargs):
+    raise AssertionError('weights were loaded before the config was checked')
+
+  monkeypatch.setattr(train, 'load_weights', no_weights)
+  c = _jpeg_config(1)
+  c.rl.rewards = 'jpeg:1'
+  with pytest.raises(
+    ValueError, match=r"config.rl.rewards='jpeg:1': 'jpeg:1': unknown"
+  ):
+    train.train(c, str(tmp_path))
+  c = _jpeg_config(1)
+  c.rl.prompts = 'classes:5,1000'
+  with pytest.raises(ValueError, match='class 1000 is out of range'):
+    train.train(c, str(tmp_path))

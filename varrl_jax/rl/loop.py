@@ -15,8 +15,17 @@ Phases (DESIGN.md section 3):
 
 Prefix and suffix updates alternate ``prefix_updates : suffix_updates``
 (paper 3:1; Table 4b's coarse schedule is 300:100). The MP mask of a row is
-propagated from its reward boxes; a prefix row takes the union over its K
-branches. PANW weights are normalized over the updated stage.
+propagated from its reward regions; a prefix row takes the union over its K
+branches. A reward without regions (`rewards.api`: None, e.g. JPEG size)
+gives all-ones masks, and the run warns once that MP is then a no-op.
+PANW weights are normalized over the updated stage.
+
+The reward is a `rewards.api.WeightedReward` (``config.rl.rewards``); every
+update logs the total (``reward/mean``, ``reward/std``), each term
+(``reward/<name>/mean``, ``/std`` and ``/adv_share``, its share of the
+advantage variance, `api.advantage_shares`, over the groups of the prompts),
+the terms' diagnostics (``reward/<diag>``, e.g. the OCR's comp/sim/pen) and
+counters (``ocr/*``).
 
 Everything runs on the device mesh of ``config.mesh`` (`varrl_jax.parallel`):
 parameters and optimizer state sharded by the logical rules, batch rows over
@@ -32,11 +41,13 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 
 from varrl_jax import checkpoint, parallel
-from varrl_jax.data import synthetic
+from varrl_jax.data import prompt_sources
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
+from varrl_jax.rewards import api as reward_api
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
 from varrl_jax.sampling import Sampler
 
@@ -77,22 +88,15 @@ class Method:
     )
 
 
-def update_prompts(config, update: int) -> list[tuple[str, tuple[str, ...]]]:
-  """The (prompt, targets) of rollout batch ``update``: examples
-  [update * P, (update + 1) * P) of the synthetic 'train' stream
-  (P = rl.prompts_per_update, seed rl.data_seed), so a resumed run sees the
-  same prompts."""
-  rl = config.rl
-  return [
-    (p.prompt, p.targets)
-    for p in synthetic.prompts(
-      'train',
-      rl.prompts_per_update,
-      seed=rl.data_seed,
-      start=update * rl.prompts_per_update,
-      variety=synthetic.Variety.from_config(config.data),
-    )
-  ]
+def update_prompts(
+  config, update: int, source=None
+) -> list[tuple[str, tuple[str, ...]]]:
+  """The (prompt, targets) of rollout batch ``update``: P =
+  rl.prompts_per_update prompts of ``config.rl.prompts``
+  (`data.prompt_sources`; ``source``: that source, already built), a function
+  of (config, update) alone so a resumed run sees the same prompts."""
+  source = prompt_sources.from_config(config) if source is None else source
+  return source.batch(update, config.rl.prompts_per_update)
 
 
 def phase_of(
@@ -108,12 +112,17 @@ def phase_of(
 class Trainer:
   """Owns the policy/reference params, the optimizer state and the step programs.
 
-  ``mesh``: default ``parallel.make_mesh(config.mesh)``. ``params`` may live
-  anywhere (host, one device, the mesh); the trainer keeps sharded copies.
+  ``reward``: a `rewards.api.WeightedReward` (`api.build(config)`), a single
+  reward, or an `OcrPool` (then the reward of ``config.rl.rewards`` with this
+  pool for its OCR term); the caller closes it. ``mesh``: default
+  ``parallel.make_mesh(config.mesh)``. ``params`` may live anywhere (host,
+  one device, the mesh); the trainer keeps sharded copies.
   """
 
-  def __init__(self, config, model: NextScaleModel, params: dict, pool, mesh=None):
-    self.config, self.model, self.pool = config, model, pool
+  def __init__(self, config, model: NextScaleModel, params: dict, reward, mesh=None):
+    self.config, self.model = config, model
+    self.reward = reward_api.as_weighted(reward, config)
+    self._warned_no_regions = False
     self.mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
     self.method = Method.from_config(config, model)
     self.opts = SamplingOptions.from_config(config.sampling)
@@ -180,14 +189,15 @@ class Trainer:
       rl.vmr.num_branches,
       self.method.m,
       key,
-      self.pool,
+      self.reward,
       rl.rollout_chunks,
     )
 
   def mask_rows(self, boxes, n_rows: int) -> np.ndarray:
-    """[n_rows, L] MP masks from per-row boxes (all ones when MP is off)."""
+    """[n_rows, L] MP masks from per-row boxes (all ones when MP is off or
+    ``boxes`` is None: the reward gives no regions)."""
     mp = self.config.rl.mp
-    if not self.method.use_mp:
+    if not self.method.use_mp or boxes is None:
       return np.ones((n_rows, self.model.schedule.num_tokens), np.float32)
     return masks.batch_masks(
       boxes,
@@ -210,10 +220,12 @@ class Trainer:
       rows = np.arange(0, p * g * k, k)  # branch 0 of every prefix
       # The prefix's mask comes from the union of its K branches' boxes (a
       # branch without text must not turn the union into a full mask).
-      union = [
-        sum((list(b) for b in scored.boxes[r * k : (r + 1) * k]), [])
-        for r in range(p * g)
-      ]
+      union = None
+      if scored.boxes is not None:
+        union = [
+          sum((list(b) for b in scored.boxes[r * k : (r + 1) * k]), [])
+          for r in range(p * g)
+        ]
       mask = self.mask_rows(union, p * g)
       stats['vmr/value_mean'] = float(values.mean())
       stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
@@ -276,14 +288,42 @@ class Trainer:
         batch = dict(batch, old_logp=logp, on_policy=self._replicated(np.float32(0.0)))
     return jax.device_get(metrics)
 
+  def reward_metrics(self, scored: rollout.Scored) -> dict[str, float]:
+    """Total, per-term and diagnostic reward metrics (module docstring)."""
+    p = scored.rewards.shape[0]
+    out = {
+      'reward/mean': float(scored.rewards.mean()),
+      'reward/std': float(scored.rewards.std()),
+    }
+    shares = reward_api.advantage_shares(
+      {n: v.reshape(p, -1) for n, v in scored.terms.items()},
+      self.reward.weights,
+      self.config.rl.adv_eps,
+    )
+    for name, values in scored.terms.items():
+      out[f'reward/{name}/mean'] = float(values.mean())
+      out[f'reward/{name}/std'] = float(values.std())
+      out[f'reward/{name}/adv_share'] = shares[name]
+    for name, values in scored.diagnostics.items():
+      out[f'reward/{name}'] = float(values.mean())
+    return out
+
   def run_update(self, update: int, prompts, key) -> dict:
     """One outer update: rollout, rewards, batch, GRPO steps. Returns flat metrics."""
     rl = self.config.rl
     phase = phase_of(update, self.method, rl.vmr.prefix_updates, rl.vmr.suffix_updates)
     ro = self.rollout(prompts, key)
-    scored = rollout.score(ro, rl.reward, rl.mp.boxes)
+    scored = rollout.score(ro, self.reward)
     if not np.isfinite(scored.rewards).all():
       raise NonFiniteError(f'non-finite reward at update {update}')
+    if self.method.use_mp and scored.boxes is None and not self._warned_no_regions:
+      self._warned_no_regions = True
+      logging.warning(
+        'MP: the reward %r gives no regions, so every MP mask is all ones '
+        '(config.rl.mode=%r updates like vmr+panw)',
+        self.reward.name,
+        rl.mode,
+      )
     t0 = time.time()
     batch, stats = self.build_batch(ro, scored, phase)
     metrics = self.update(batch)
@@ -295,17 +335,15 @@ class Trainer:
     flat = {
       'phase/prefix': float(phase == 'prefix'),
       'phase/suffix': float(phase == 'suffix'),
-      'reward/mean': float(scored.rewards.mean()),
-      'reward/std': float(scored.rewards.std()),
-      'reward/comp': float(scored.batch.comp.mean()),
-      'reward/sim': float(scored.batch.sim.mean()),
-      'reward/pen': float(scored.batch.pen.mean()),
+      **self.reward_metrics(scored),
       'time/sample_s': ro.sample_seconds,
-      'time/ocr_wait_s': scored.ocr_wait_seconds,
+      'time/reward_wait_s': scored.wait_seconds,
       'time/step_s': step_seconds,
       **stats,
-      **{k: v for k, v in scored.ocr_stats.items()},
+      **scored.counters,
     }
+    if self.reward.get('ocr') is not None:  # the name benchmarks read
+      flat['time/ocr_wait_s'] = scored.wait_seconds
     for name, value in metrics.items():
       value = np.asarray(value)
       if value.ndim == 0:

@@ -6,15 +6,16 @@ branches from the shared KV cache (`Sampler.branch`). Rows are ordered
 prompt-major, ``row = (p * G + g) * K + k``. Full-horizon GRPO (m = S - 1)
 is the special case K = 1 with no branching.
 
-OCR overlaps sampling: the P prompts are sampled in ``chunks`` equal parts
-(static shapes) and each part's images go to the OCR pool as soon as they
-exist, while the next part is sampled with the same parameters (so the
-rollouts stay exactly on-policy).
+Rewards overlap sampling: the P prompts are sampled in ``chunks`` equal
+parts (static shapes) and each part's images go to the reward
+(`rewards.api`: ``submit``) as soon as they exist, while the next part is
+sampled with the same parameters (so the rollouts stay exactly on-policy);
+the OCR reward reads them in its worker processes meanwhile.
 
-With several processes (`varrl_jax.distributed`) each one OCRs only the
-rows of the images that live on its devices; the per-row rewards and boxes
-are all-gathered, so every process scores the whole batch identically.
-Tokens and log-probs (small) are gathered whole.
+With several processes (`varrl_jax.distributed`) each one scores only the
+rows of the images that live on its devices; the per-row rewards (total,
+terms, diagnostics) and regions are all-gathered, so every process scores
+the whole batch identically. Tokens and log-probs (small) are gathered whole.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import jax
 import numpy as np
 
 from varrl_jax import distributed
-from varrl_jax.rewards import pool as pool_lib
-from varrl_jax.rewards import text as reward_lib
+from varrl_jax.rewards import api as reward_api
 from varrl_jax.sampling import Sampler
 
 
@@ -42,16 +42,17 @@ class Rollout:
   local_rows: np.ndarray  # int [R_local]: the row numbers of `images`
   shape: tuple[int, int, int]  # (P, G, K)
   sample_seconds: float
-  futures: list  # OCR futures, one per chunk
+  handles: list  # the reward's handles, one per chunk
 
 
 @dataclasses.dataclass
 class Scored:
-  rewards: np.ndarray  # float32 [P, G, K]
-  batch: reward_lib.BatchRewards  # per row
-  boxes: list[list]  # per row, boxes used by mask propagation
-  ocr_stats: dict
-  ocr_wait_seconds: float
+  rewards: np.ndarray  # float32 [P, G, K]: the weighted total R
+  terms: dict[str, np.ndarray]  # unweighted term scores, name -> float32 [P, G, K]
+  boxes: list[list] | None  # per row, regions for MP; None: the reward has none
+  diagnostics: dict[str, np.ndarray]  # name -> float32 [R]
+  counters: dict[str, float]  # summed over chunks and processes
+  wait_seconds: float  # blocked in the reward's collect
 
 
 def sample(
@@ -62,10 +63,11 @@ def sample(
   num_branches: int,
   m: int,
   key: jax.Array,
-  pool,
+  reward,
   chunks: int = 1,
 ) -> Rollout:
-  """Samples P x G x K images (see the module docstring) and submits their OCR."""
+  """Samples P x G x K images (see the module docstring) and submits each
+  chunk's local rows, with their prompts and targets, to ``reward``."""
   num_prompts = len(prompts)
   if num_prompts % chunks:
     raise ValueError(
@@ -76,7 +78,9 @@ def sample(
   k = 1 if full else num_branches
   t0 = time.time()
   per_chunk = num_prompts // chunks
-  parts, futures = [], []
+  row_prompts = [p for p, _ in prompts for _ in range(group_size * k)]
+  row_targets = [tuple(t) for _, t in prompts for _ in range(group_size * k)]
+  parts, handles = [], []
   for c in range(chunks):
     chunk = prompts[c * per_chunk : (c + 1) * per_chunk]
     rows = [p for p, _ in chunk for _ in range(group_size)]
@@ -88,18 +92,21 @@ def sample(
       state = sampler.sample_prefix(params, cond, prefix_key, m)
       out = sampler.branch(params, state, suffix_key, m, k)
     images, local = distributed.local_rows(out.images)
-    futures.append(pool.submit_batch(images))
+    index = local + c * per_chunk * group_size * k
+    handles.append(
+      reward.submit(
+        images, [row_prompts[i] for i in index], [row_targets[i] for i in index]
+      )
+    )
     parts.append(
       (
         jax.tree.map(lambda x: np.repeat(x, k, axis=0), cond),
         distributed.to_host(out.tokens),
         distributed.to_host(out.logprobs),
         images,
-        local + c * per_chunk * group_size * k,
+        index,
       )
     )
-  row_prompts = [p for p, _ in prompts for _ in range(group_size * k)]
-  row_targets = [tuple(t) for _, t in prompts for _ in range(group_size * k)]
   columns = list(zip(*parts))
   cat = [np.concatenate(x) for x in columns[1:]]
   return Rollout(
@@ -112,55 +119,39 @@ def sample(
     local_rows=cat[3],
     shape=(num_prompts, group_size, k),
     sample_seconds=time.time() - t0,
-    futures=futures,
+    handles=handles,
   )
 
 
-def score(rollout: Rollout, reward_cfg, box_source: str = 'matched') -> Scored:
-  """Waits for the OCR of a rollout and computes rewards and MP boxes.
+def score(rollout: Rollout, reward) -> Scored:
+  """Collects the reward of a rollout (``reward``: the one it was submitted to).
 
-  The OCR results are this process's rows; rewards and boxes of all rows
-  come back (all-gathered), OCR counters summed over the processes.
+  The reward saw this process's rows; the total, the term scores, the
+  diagnostics and the regions of all rows come back (all-gathered), the
+  counters summed over the processes.
   """
-  if box_source not in ('matched', 'all'):
-    raise ValueError(
-      f"config.rl.mp.boxes must be 'matched' or 'all', got {box_source!r}"
-    )
   t0 = time.time()
-  results, stats = pool_lib.collect(rollout.futures)
+  local = reward_api.as_output(
+    reward.collect(rollout.handles), len(rollout.local_rows), 'the reward'
+  )
   wait = time.time() - t0
   index, total = rollout.local_rows, len(rollout.prompts)
-  local = reward_lib.rewards_for_batch(
-    [rollout.targets[i] for i in index],
-    results,
-    kind=reward_cfg.kind,
-    fallback=reward_cfg.fallback,
-  )
+  terms, diags = sorted(local.terms), sorted(local.diagnostics)
   columns = np.stack(
-    [local.rewards, local.comp, local.sim, local.pen, local.failed.astype(np.float32)],
+    [local.scores]
+    + [local.terms[n] for n in terms]
+    + [local.diagnostics[n] for n in diags],
     axis=1,
   )
   columns = distributed.allgather_rows(columns, index, total)
-  failed = columns[:, 4] > 0
-  matched = distributed.allgather_boxes(local.boxes, index, total)
-  batch = reward_lib.BatchRewards(
-    rewards=columns[:, 0],
-    comp=columns[:, 1],
-    sim=columns[:, 2],
-    pen=columns[:, 3],
-    failed=failed,
-    boxes=matched,
-    num_failed=int(failed.sum()),
-  )
-  if box_source == 'matched':
-    boxes = matched
-  else:
-    everything = [[w.box for w in r.words] for r in results]
-    boxes = distributed.allgather_boxes(everything, index, total)
+  boxes = None
+  if local.regions is not None:
+    boxes = distributed.allgather_boxes(local.regions, index, total)
   return Scored(
-    rewards=batch.rewards.reshape(rollout.shape),
-    batch=batch,
+    rewards=columns[:, 0].reshape(rollout.shape),
+    terms={n: columns[:, 1 + i].reshape(rollout.shape) for i, n in enumerate(terms)},
     boxes=boxes,
-    ocr_stats=distributed.sum_stats(stats),
-    ocr_wait_seconds=wait,
+    diagnostics={n: columns[:, 1 + len(terms) + i] for i, n in enumerate(diags)},
+    counters=distributed.sum_stats(local.counters),
+    wait_seconds=wait,
   )

@@ -184,7 +184,9 @@ class VarBlock(nn.Module):
       )
       layer_cache = {'k': ck, 'v': cv}
       k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
-    k_valid = jnp.ones((x.shape[0], k.shape[1]), bool)
+    # All keys are real (no padding); numpy, so a step whose queries see every
+    # key skips the mask at trace time.
+    k_valid = np.ones((x.shape[0], k.shape[1]), bool)
     o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid, scale=1.0)
     o = _dense(cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', True, (-2, -1))(
       o
