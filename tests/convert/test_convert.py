@@ -15,7 +15,7 @@ import torch
 
 from tests.models import var_fixture
 from varrl_jax import checkpoint
-from varrl_jax.convert import __main__ as convert_main
+from varrl_jax.convert import official as convert_main
 from varrl_jax.convert import torch_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
