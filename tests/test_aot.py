@@ -95,3 +95,22 @@ def test_tiny_compiles_for_v5p_8_with_splash_attention():
     assert flops and float(flops.group(1)) > 0, table
     assert nbytes and float(nbytes.group(1)) > 0, table
     assert step and float(step.group(1)) > 0, table
+
+
+@pytest.mark.skipif(
+  not HAS_LIBTPU, reason='libtpu not installed: pip install -e ".[tpu]"'
+)
+def test_var_family_compiles_for_v5p_8():
+  """The official VAR family (depth 2 of configs/var.py: the real schedule,
+  VQ-VAE and vocabulary) through the same AOT path: both programs fit."""
+  proc = _run(
+    '--config=configs/var.py:2',
+    '--topology=v5p-8',
+    '--config.model.attention=splash',
+    '--config.mesh.data=2',
+    '--config.mesh.fsdp=2',
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[-1].startswith('fit: yes (train_step '), lines[-1]
+  assert 'x 680 tokens' in proc.stdout  # no prompt prefix: image tokens only

@@ -64,6 +64,10 @@ class Categorical:
 
   def logprobs_and_entropy(self, logits, tokens):
     """(log pi(token), H(pi)) per token, both [...]."""
+    # Not fused into what produced the logits: XLA:TPU fused VAR's biased head
+    # matmul into this reduction's gradient and refused the train step (AOT
+    # v5p-8, configs/var.py: 33 MiB of scoped VMEM over a 16 MiB limit).
+    logits = jax.lax.optimization_barrier(logits)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     logp = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
     return logp, -(jnp.exp(log_probs) * log_probs).sum(-1)
