@@ -20,9 +20,15 @@ from ml_collections import config_flags
 from varrl_jax import cli
 from varrl_jax.models.family import build_model
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Config file.', lock_config=True
-)
+_CONFIG = None
+
+
+def _define_flags():
+  """Flags exist only when this module is the program (importable elsewhere)."""
+  global _CONFIG
+  _CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file.', lock_config=True
+  )
 
 
 def _fmt(n: int) -> str:
@@ -81,4 +87,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
