@@ -36,6 +36,11 @@ def get_config(arg=None):
     )
   config = presets.official_config(depth)
   config.sampling.batch_size = 16
+  # Every layer unrolled: the KV cache is then updated in place instead of
+  # passing through the scan (d16 on 2 CPU cores: the sampler's transformer
+  # steps 19.7 -> 14.6 s for 8 images). On a TPU pod, --config.model.scan_unroll=1
+  # compiles faster.
+  config.model.scan_unroll = depth
 
   # Class ids as prompts and a reward that needs no text (see the docstring).
   config.rl.prompts = 'classes:all'

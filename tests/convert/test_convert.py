@@ -47,11 +47,12 @@ def files(tmp_path_factory):
   }
 
 
-def _run(*args):
+def _run(*args, module='varrl_jax.convert'):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  family = ['--family=var'] if module == 'varrl_jax.convert' else []
   return subprocess.run(
-    [sys.executable, '-m', 'varrl_jax.convert', '--family=var', *args],
+    [sys.executable, '-m', module, *family, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,
@@ -183,27 +184,16 @@ def test_sample_class_ids_from_converted_checkpoint(files, tmp_path):
     ).returncode
     == 0
   )
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   work = tmp_path / 'samples'
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'varrl_jax.sample',
-      f'--config={files["config"]}',
-      f'--config.init_checkpoint={out}',
-      '--prompt=207',
-      '--prompt=3',
-      '--num_per_prompt=2',
-      '--ocr=none',
-      f'--workdir={work}',
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  args = (f'--config={files["config"]}', f'--config.init_checkpoint={out}')
+  proc = _run(
+    *args,
+    '--prompt=207',
+    '--prompt=3',
+    '--num_per_prompt=2',
+    '--ocr=none',
+    f'--workdir={work}',
+    module='varrl_jax.sample',
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   with np.load(work / 'samples.npz') as z:
@@ -219,22 +209,12 @@ def test_sample_class_ids_from_converted_checkpoint(files, tmp_path):
     decoded = np.asarray(model.decode_tokens(params, tokens))
   assert np.abs(decoded.astype(int) - images.astype(int)).max() <= 1
   assert (work / 'samples.png').exists()
-  bad = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'varrl_jax.sample',
-      f'--config={files["config"]}',
-      f'--config.init_checkpoint={out}',
-      '--prompt=goldfish',
-      '--ocr=none',
-      f'--workdir={work}',
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  bad = _run(
+    *args,
+    '--prompt=goldfish',
+    '--ocr=none',
+    f'--workdir={work}',
+    module='varrl_jax.sample',
   )
   errors = [line for line in bad.stderr.splitlines() if line.startswith('error:')]
   assert bad.returncode == 2 and len(errors) == 1 and 'not a class id' in errors[0]

@@ -247,6 +247,47 @@ def splash_attention(
   return out[:, :, :tq].transpose(0, 2, 1, 3)
 
 
+# Above this many scores per (row, head) the cached step is computed a few
+# (row, head) pairs at a time, so each block's scores stay in the CPU cache.
+CACHED_BLOCK_SCORES = 64 * 1024
+CACHED_BLOCK_PAIRS = 4
+
+
+def cached_attention(
+  q_bqhd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, scale: float
+) -> jnp.ndarray:
+  """softmax(scale q k^T) v for a KV-cached step whose queries see every key.
+
+  Keys and values heads-major, [B, H, Tk, D] (the cache layout: no
+  transposes of the whole cache per layer), q [B, Tq, H, D]; returns
+  [B, Tq, H, D]. The softmax is normalised after the value product (one
+  pass less over the scores). On XLA:CPU at VAR-d16's last scale (16 rows,
+  16 heads, 256 x 680 scores) this took 74 ms against 301 ms for
+  `plain_attention`; large steps run ``CACHED_BLOCK_PAIRS`` (row, head)
+  pairs at a time, whose scores fit in cache.
+  """
+  b, tq, h, d = q_bqhd.shape
+  tk = k_bhkd.shape[2]
+  q = q_bqhd.transpose(0, 2, 1, 3)
+
+  def block(q, k, v):
+    s = jnp.einsum('...qd,...kd->...qk', q, k, preferred_element_type=jnp.float32)
+    s = s * scale
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+    o = jnp.einsum('...qk,...kd->...qd', e.astype(v.dtype), v)
+    return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
+
+  pairs = b * h
+  if tq * tk <= CACHED_BLOCK_SCORES or pairs % CACHED_BLOCK_PAIRS:
+    out = block(q, k_bhkd, v_bhkd)
+  else:
+    n = pairs // CACHED_BLOCK_PAIRS
+    split = lambda x: x.reshape(n, CACHED_BLOCK_PAIRS, *x.shape[2:])  # noqa: E731
+    out = jax.lax.map(lambda a: block(*a), (split(q), split(k_bhkd), split(v_bhkd)))
+    out = out.reshape(b, h, tq, d)
+  return out.transpose(0, 2, 1, 3)
+
+
 def attention(impl: str, *args, scale: float | None = None) -> jnp.ndarray:
   """Dispatches to the configured implementation (see module docstring)."""
   if impl == 'plain':

@@ -83,17 +83,18 @@ class NextScaleModel(abc.ABC):
 
   # -- static facts -----------------------------------------------------------
 
+  # Every family's static config (``self.cfg``, hashable) carries these three.
   @property
-  @abc.abstractmethod
-  def schedule(self) -> ScaleSchedule: ...
+  def schedule(self) -> ScaleSchedule:
+    return self.cfg.schedule
 
   @property
-  @abc.abstractmethod
-  def latent_dim(self) -> int: ...
+  def latent_dim(self) -> int:
+    return self.cfg.latent_dim
 
   @property
-  @abc.abstractmethod
-  def vocab_size(self) -> int: ...
+  def vocab_size(self) -> int:
+    return self.cfg.vocab_size
 
   @property
   @abc.abstractmethod

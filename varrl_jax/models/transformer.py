@@ -155,26 +155,27 @@ class Block(nn.Module):
     return x, layer_cache
 
 
-def _scanned_blocks(cfg: TransformerConfig):
-  """All blocks as one scanned module: params and caches stacked on axis 0."""
-  block = Block
+def scanned_blocks(block, cfg, num_layers: int, name: str):
+  """``num_layers`` copies of ``block(cfg)`` as one scanned module: params and
+  caches stacked on axis 0 ('layers'), optional rematerialisation by
+  ``cfg.remat``. The block's call is ``(x, layer_cache, broadcast, offset)``."""
   if cfg.remat != 'none':
     policy = {
       'full': None,
       'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     }[cfg.remat]
     # static_argnums counts `self` as 0: 4 is cache_offset.
-    block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(4,))
+    block = nn.remat(block, policy=policy, prevent_cse=False, static_argnums=(4,))
   return nn.scan(
     block,
     variable_axes={'params': 0},
     split_rngs={'params': True},
     in_axes=(0, nn.broadcast, nn.broadcast),
     out_axes=0,
-    length=cfg.num_layers,
+    length=num_layers,
     unroll=cfg.scan_unroll,
     metadata_params={nn.PARTITION_NAME: 'layers'},
-  )(cfg, name='layers')
+  )(cfg, name=name)
 
 
 class NextScaleTransformer(nn.Module):
@@ -218,7 +219,7 @@ class NextScaleTransformer(nn.Module):
       bias_init=_init(nn.initializers.zeros, 'embed'),
       name='word_proj',
     )
-    self.layers = _scanned_blocks(cfg)
+    self.layers = scanned_blocks(Block, cfg, cfg.num_layers, 'layers')
     self.final_norm = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype)
     self.head = nn.Dense(
       cfg.vocab_size,

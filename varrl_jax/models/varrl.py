@@ -22,7 +22,6 @@ from varrl_jax.models import resize
 from varrl_jax.models import text as text_lib
 from varrl_jax.models import tokenizer as tok_lib
 from varrl_jax.models import transformer as tr_lib
-from varrl_jax.models.schedule import ScaleSchedule
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -39,18 +38,6 @@ class VarrlModel(family_lib.NextScaleModel):
     "a shop front with a banner that reads 'CAFE'",
     "a chalkboard that reads 'HOT' and 'TEA'",
   )
-
-  @property
-  def schedule(self) -> ScaleSchedule:
-    return self.cfg.schedule
-
-  @property
-  def latent_dim(self) -> int:
-    return self.cfg.latent_dim
-
-  @property
-  def vocab_size(self) -> int:
-    return self.cfg.vocab_size
 
   @property
   def dims(self) -> family_lib.TransformerDims:

@@ -45,18 +45,6 @@ class VarFamilyModel(family_lib.NextScaleModel):
   example_prompts = EXAMPLE_CLASSES
 
   @property
-  def schedule(self) -> ScaleSchedule:
-    return self.cfg.schedule
-
-  @property
-  def latent_dim(self) -> int:
-    return self.cfg.latent_dim
-
-  @property
-  def vocab_size(self) -> int:
-    return self.cfg.vocab_size
-
-  @property
   def dims(self) -> family_lib.TransformerDims:
     c = self.cfg
     return family_lib.TransformerDims(

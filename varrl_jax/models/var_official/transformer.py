@@ -37,8 +37,9 @@ import numpy as np
 from varrl_jax import parallel
 from varrl_jax.models import attention as attn_lib
 from varrl_jax.models.schedule import ScaleSchedule
+from varrl_jax.models.transformer import scanned_blocks
 
-Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: [layers, B, L, H, D]
+Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: [layers, B, H, L, D] (heads-major)
 
 MAX_SCALE_MUL = math.log(100.0)
 
@@ -174,20 +175,25 @@ class VarBlock(nn.Module):
     q = q * jnp.exp(jnp.minimum(scale_mul, MAX_SCALE_MUL))[:, None].astype(cfg.dtype)
     k = l2_normalize(qkv[:, :, 1])
     v = qkv[:, :, 2] + v_bias.astype(cfg.dtype)
-    if cache_offset is not None:
+    if cache_offset is None:
+      k_valid = np.ones((x.shape[0], k.shape[1]), bool)  # no padding in VAR
+      o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid, scale=1.0)
+    else:
+      # The cache is heads-major, [B, H, L, D]; a step's queries (one whole
+      # scale) see every key written so far.
       end = cache_offset + x.shape[1]
-      ck = jax.lax.dynamic_update_slice(
-        layer_cache['k'], k.astype(layer_cache['k'].dtype), (0, start, 0, 0)
+      put = lambda c, new: jax.lax.dynamic_update_slice(  # noqa: E731
+        c, new.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, start, 0)
       )
-      cv = jax.lax.dynamic_update_slice(
-        layer_cache['v'], v.astype(layer_cache['v'].dtype), (0, start, 0, 0)
-      )
+      ck, cv = put(layer_cache['k'], k), put(layer_cache['v'], v)
       layer_cache = {'k': ck, 'v': cv}
-      k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
-    # All keys are real (no padding); numpy, so a step whose queries see every
-    # key skips the mask at trace time.
-    k_valid = np.ones((x.shape[0], k.shape[1]), bool)
-    o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid, scale=1.0)
+      k, v = ck[:, :, :end].astype(cfg.dtype), cv[:, :, :end].astype(cfg.dtype)
+      if cfg.attention == 'plain':
+        o = attn_lib.cached_attention(q, k, v, 1.0)
+      else:
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        k_valid = np.ones((x.shape[0], end), bool)
+        o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid, scale=1.0)
     o = _dense(cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', True, (-2, -1))(
       o
     )
@@ -200,26 +206,6 @@ class VarBlock(nn.Module):
     )
     x = _constrain(x + g2 * h, 'batch', 'length', 'embed')
     return x, layer_cache
-
-
-def _scanned_blocks(cfg: VarConfig):
-  block = VarBlock
-  if cfg.remat != 'none':
-    policy = {
-      'full': None,
-      'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    }[cfg.remat]
-    block = nn.remat(VarBlock, policy=policy, prevent_cse=False, static_argnums=(4,))
-  return nn.scan(
-    block,
-    variable_axes={'params': 0},
-    split_rngs={'params': True},
-    in_axes=(0, nn.broadcast, nn.broadcast),
-    out_axes=0,
-    length=cfg.depth,
-    unroll=cfg.scan_unroll,
-    metadata_params={nn.PARTITION_NAME: 'layers'},
-  )(cfg, name='blocks')
 
 
 class VarTransformer(nn.Module):
@@ -246,7 +232,7 @@ class VarTransformer(nn.Module):
     self.word_embed = _dense(c, ('latent',), ('embed',), cfg, 'word_embed', True)
     if cfg.shared_aln:
       self.shared_ada_lin = AdaLin(cfg, 6, name='shared_ada_lin')
-    self.blocks = _scanned_blocks(cfg)
+    self.blocks = scanned_blocks(VarBlock, cfg, cfg.depth, 'blocks')
     self.head_nm = AdaLin(cfg, 2, name='head_nm')
     self.head = _dense(cfg.vocab_size, ('embed',), ('vocab',), cfg, 'head', True)
 
@@ -303,8 +289,8 @@ class VarTransformer(nn.Module):
 
 
 def init_cache(cfg: VarConfig, batch: int, dtype=None) -> Cache:
-  """An empty KV cache for ``batch`` sequences: [layers, B, L, H, D]."""
-  shape = (cfg.depth, batch, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+  """An empty KV cache for ``batch`` sequences: [layers, B, H, L, D]."""
+  shape = (cfg.depth, batch, cfg.num_heads, cfg.seq_len, cfg.head_dim)
   dtype = cfg.dtype if dtype is None else dtype
   return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
 
