@@ -29,20 +29,23 @@ def filter_logits(logits, top_k: int, top_p: float):
   in real arithmetic.
   """
   neg = jnp.finfo(logits.dtype).min
-  kept = None  # the candidates, sorted descending, when already known
   if top_k > 0 and top_k < logits.shape[-1]:
-    kept = jax.lax.top_k(logits, top_k)[0]
-    logits = jnp.where(logits < kept[..., -1:], neg, logits)
+    candidates = jax.lax.top_k(logits, top_k)[0]  # sorted, descending
+  elif top_p < 1.0:
+    candidates = jnp.sort(logits, axis=-1)[..., ::-1]
+  else:
+    return logits
+  threshold = candidates[..., -1:]
   if top_p < 1.0:
-    # With top-k the nucleus is among the k sorted survivors: no full sort of
-    # the vocabulary (on CPU at V = 4096, k = 900 this is ~5x faster).
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1] if kept is None else kept
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # The nucleus among the candidates (the top-k survivors): no full sort of
+    # the vocabulary when top-k is on.
+    probs = jax.nn.softmax(candidates, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     keep = mass_before < top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, neg, logits)
-  return logits
+    threshold = jnp.min(jnp.where(keep, candidates, jnp.inf), axis=-1, keepdims=True)
+  # One masking pass with the final threshold (on XLA:CPU, V = 4096, k = 900:
+  # 0.96 s against 4.4 s for a top-k mask, a full sort and a second mask).
+  return jnp.where(logits < threshold, neg, logits)
 
 
 def draw(key, logits_bnv, opts):
