@@ -124,10 +124,13 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
     f'sampled {len(batch)} images of {model.schedule.num_tokens} tokens '
     f'in {time.time() - t0:.1f}s (incl. compile)'
   )
-  read = _ocr_texts(imgs, engine_name, config)
-  for prompt, got in zip(batch, read):
-    print(f'{prompt!r} -> OCR {got!r}')
-  captions = [f'{p[-24:]}\nOCR: {r}' for p, r in zip(batch, read)]
+  if engine_name == 'none':
+    captions = [p[-24:] for p in batch]
+  else:
+    read = _ocr_texts(imgs, engine_name, config)
+    for prompt, got in zip(batch, read):
+      print(f'{prompt!r} -> OCR {got!r}')
+    captions = [f'{p[-24:]}\nOCR: {r}' for p, r in zip(batch, read)]
   path = images_lib.save_grid(
     os.path.join(workdir, 'samples.png'),
     imgs,

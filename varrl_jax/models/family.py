@@ -241,6 +241,15 @@ def check_images(images, image_size: tuple[int, int]) -> None:
     )
 
 
+def sample_scan_unroll(config: ml_collections.ConfigDict, num_layers: int) -> int:
+  """Layers per scan iteration in the sampler's steps: ``model.sample_scan_unroll``,
+  where 0 means ``model.scan_unroll`` and -1 every layer."""
+  unroll = int(config.model.sample_scan_unroll)
+  if unroll < -1:
+    raise ValueError(f'config.model.sample_scan_unroll must be >= -1, got {unroll}')
+  return {0: int(config.model.scan_unroll), -1: num_layers}.get(unroll, unroll)
+
+
 def build_model(config: ml_collections.ConfigDict) -> NextScaleModel:
   """The one place that maps ``config.model.family`` to its modules."""
   family = config.model.family

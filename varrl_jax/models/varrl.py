@@ -31,6 +31,9 @@ class VarrlModel(family_lib.NextScaleModel):
   tokenizer: tok_lib.MultiScaleVQVAE
   transformer: tr_lib.NextScaleTransformer
   cfg: tr_lib.TransformerConfig
+  # The same parameters, unrolled as config.model.sample_scan_unroll says:
+  # the KV-cached steps of the sampler.
+  sampler_transformer: tr_lib.NextScaleTransformer
   family = 'varrl'
   example_prompts = (
     "a wooden sign on a wall that reads 'OPEN'",
@@ -101,7 +104,7 @@ class VarrlModel(family_lib.NextScaleModel):
     return tr_lib.init_cache(self.cfg, batch, dtype)
 
   def prefill(self, transformer_params, cond, cache):
-    cache = self.transformer.apply(
+    cache = self.sampler_transformer.apply(
       transformer_params,
       cond['text_ids'],
       cond['text_mask'],
@@ -111,7 +114,7 @@ class VarrlModel(family_lib.NextScaleModel):
     return {'text_mask': cond['text_mask']}, cache
 
   def step(self, transformer_params, inputs_bnc, s: int, ctx, cache):
-    return self.transformer.apply(
+    return self.sampler_transformer.apply(
       transformer_params,
       inputs_bnc,
       s,
@@ -161,8 +164,12 @@ class VarrlModel(family_lib.NextScaleModel):
 def build(config: ml_collections.ConfigDict) -> VarrlModel:
   """Validates the config's model fields and builds the modules."""
   cfg = tr_lib.transformer_config(config)
+  unroll = family_lib.sample_scan_unroll(config, cfg.num_layers)
   return VarrlModel(
     tokenizer=tok_lib.build_tokenizer(config),
     transformer=tr_lib.NextScaleTransformer(cfg),
     cfg=cfg,
+    sampler_transformer=tr_lib.NextScaleTransformer(
+      dataclasses.replace(cfg, scan_unroll=unroll)
+    ),
   )

@@ -41,6 +41,9 @@ class VarFamilyModel(family_lib.NextScaleModel):
   tokenizer: vq_lib.VarVQVAE
   transformer: tr_lib.VarTransformer
   cfg: tr_lib.VarConfig
+  # The same parameters, unrolled as config.model.sample_scan_unroll says:
+  # the KV-cached steps of the sampler.
+  sampler_transformer: tr_lib.VarTransformer
   family = 'var'
   example_prompts = EXAMPLE_CLASSES
 
@@ -112,13 +115,13 @@ class VarFamilyModel(family_lib.NextScaleModel):
     return tr_lib.init_cache(self.cfg, batch, dtype)
 
   def prefill(self, transformer_params, cond, cache):
-    cond_bd = self.transformer.apply(
+    cond_bd = self.sampler_transformer.apply(
       transformer_params, cond['label'], method=tr_lib.VarTransformer.condition
     )
     return {'cond_bd': cond_bd}, cache
 
   def step(self, transformer_params, inputs_bnc, s: int, ctx, cache):
-    return self.transformer.apply(
+    return self.sampler_transformer.apply(
       transformer_params,
       inputs_bnc,
       s,
@@ -236,6 +239,12 @@ def build(config: ml_collections.ConfigDict) -> VarFamilyModel:
     attention=mcommon.attention,
     scan_unroll=int(mcommon.scan_unroll),
   )
+  unroll = family_lib.sample_scan_unroll(config, depth)
   return VarFamilyModel(
-    tokenizer=tokenizer, transformer=tr_lib.VarTransformer(cfg), cfg=cfg
+    tokenizer=tokenizer,
+    transformer=tr_lib.VarTransformer(cfg),
+    cfg=cfg,
+    sampler_transformer=tr_lib.VarTransformer(
+      dataclasses.replace(cfg, scan_unroll=unroll)
+    ),
   )
