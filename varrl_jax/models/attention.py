@@ -81,22 +81,11 @@ def plain_attention(
   v = v_bkgd.transpose(0, 2, 1, 3)
   scores = jnp.einsum('bgrqd,bgkd->bgrqk', q, k, preferred_element_type=jnp.float32)
   scores = scores * (d**-0.5 if scale is None else scale)
-  if not _all_visible(q_seg, k_seg, k_valid):
-    mask = block_causal_mask(q_seg, k_seg, k_valid)[:, None, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  mask = block_causal_mask(q_seg, k_seg, k_valid)[:, None, None]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum('bgrqk,bgkd->bgrqd', probs, v)  # [B, G, R, Tq, D]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
-
-
-def _all_visible(q_seg, k_seg, k_valid) -> bool:
-  """Whether every query sees every key (a KV-cached step of one scale with no
-  padding, known at trace time): the mask can then be left out."""
-  if not isinstance(q_seg, np.ndarray) or not isinstance(k_seg, np.ndarray):
-    return False
-  if not isinstance(k_valid, np.ndarray) or not k_valid.all():
-    return False
-  return bool(k_seg.max() <= q_seg.min())
 
 
 def last_visible_key(q_seg: np.ndarray, k_seg: np.ndarray) -> np.ndarray:

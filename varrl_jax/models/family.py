@@ -129,10 +129,6 @@ class NextScaleModel(abc.ABC):
       lambda c, n: jnp.concatenate([c, jnp.asarray(n)], 0), cond, null
     )
 
-  def describe(self) -> str:
-    """One line for logs: family, schedule and conditioning."""
-    return f'{self.family}: {self.schedule.num_scales} scales, {self.schedule.num_tokens} tokens'
-
   # -- parameters -------------------------------------------------------------
 
   @abc.abstractmethod

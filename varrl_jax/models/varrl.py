@@ -72,9 +72,6 @@ class VarrlModel(family_lib.NextScaleModel):
   def truncate_prompt(self, prompt: str) -> str:
     return text_lib.truncate(prompt, self.cfg.text_len)
 
-  def describe(self) -> str:
-    return f'{super().describe()}, byte-level prompts of <= {self.cfg.text_len} bytes'
-
   # -- parameters ---------------------------------------------------------------
 
   def init_boxed(self, key: jax.Array, parts=('tokenizer', 'transformer')) -> dict:

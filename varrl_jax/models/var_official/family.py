@@ -64,12 +64,6 @@ class VarFamilyModel(family_lib.NextScaleModel):
       remat=c.remat,
     )
 
-  def describe(self) -> str:
-    return (
-      f'{super().describe()}, VAR-d{self.cfg.depth} conditioned on '
-      f'{self.cfg.num_classes} classes'
-    )
-
   # -- conditioning -------------------------------------------------------------
 
   def encode_prompts(self, prompts: Sequence[str]) -> family_lib.Cond:

@@ -293,8 +293,3 @@ def init_cache(cfg: VarConfig, batch: int, dtype=None) -> Cache:
   shape = (cfg.depth, batch, cfg.num_heads, cfg.seq_len, cfg.head_dim)
   dtype = cfg.dtype if dtype is None else dtype
   return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
-
-
-def segment_ids(cfg: VarConfig) -> np.ndarray:
-  """int32 [L]: the scale of every position (the block-causal segments)."""
-  return cfg.schedule.scale_index
