@@ -27,6 +27,10 @@ CORE = [
   # Ships the DejaVu fonts the synthetic data renders with (pinned: same
   # glyphs, same images for a seed).
   'matplotlib==3.11.2',
+  # Edit distance of the OCR reward and the metrics (rewards/text.py).
+  'rapidfuzz==3.14.6',
+  # The Flan-T5 tokenizer of the Infinity family (models/t5_tokenizer.py).
+  'sentencepiece==0.2.3',
 ]
 
 OCR = [
@@ -47,6 +51,9 @@ TEST = [
   'ipykernel>=6.29',
   # tests/test_fs.py registers a fake GCS filesystem with fsspec.
   'fsspec>=2024.6',
+  # Reference forward passes for parity tests (T5, CLIP); never our runtime.
+  'transformers==5.25.0',
+  'open_clip_torch==3.3.0',
 ]
 
 # libtpu for TPU VMs and for ahead-of-time TPU compiles on a CPU host

@@ -8,6 +8,13 @@ top-k 2, top-p 0.9.
 The codebook size (16384) and the byte-level text length (1024) are our
 choices: the paper does not give NextFlow's tokenizer details here.
 
+RL prompts: 20,000 generated multi-region text-rendering prompts (2-5
+quoted texts each, shaped like CVTG-2K's but from our own templates and
+words), built in-process: the list that ``python -m
+varrl_jax.data.make_prompts --n=20000 --regions=2..5 --out=prompts.jsonl``
+writes (add ``--cvtg=ROOT`` to check it against a CVTG-2K copy). Train on
+a file instead with ``--config.rl.prompts=jsonl:prompts.jsonl``.
+
   python -m varrl_jax.models.summary --config=configs/cvtg.py
   python -m varrl_jax.aot --config=configs/cvtg.py --topology=v5p-128
 """
@@ -55,12 +62,18 @@ def get_config(arg=None):
   config.sampling.top_p = 0.9
   config.sampling.temperature = 1.0
   config.sampling.batch_size = 16
+  # Evaluation batches split over data x fsdp: 64 rows, one per v5p-128 chip
+  # (16 does not divide over 64 chips; rl.batch_check refuses it).
+  config.eval.batch_size = 64
 
   # The paper's RL settings (Tables 3-5): 16 prompts x G = 16 per update, split
   # m256 (after the 16x16 grid: 12 of 18 scales), K = 2, eta = 1, alpha = 0.6,
   # 3:1 prefix:suffix, AdamW lr 1e-5 (0.9, 0.95), wd 0.05. eps and beta are
   # not given in the paper: 0.2 and 0.04.
   config.rl.mode = 'full'
+  config.rl.prompts = 'generated:n=20000,regions=2..5,seed=0'
+  # 256 of them held out (never trained on) for the before/after evaluation.
+  config.rl.heldout_prompts = 256
   config.rl.prompts_per_update = 16
   config.rl.group_size = 16
   config.rl.rollout_chunks = 4

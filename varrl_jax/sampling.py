@@ -44,12 +44,12 @@ class SamplerState(NamedTuple):
   cache: dict  # leaves [layers, nb * B, ...]; nb = 2 with CFG
   ctx: dict  # the family's per-row context for `step`, leaves [nb * B, ...]
   f_hat: jnp.ndarray  # [B, h, w, C], sum of h_s over the scales done
-  tokens: jnp.ndarray  # int32 [B, L]; zeros past the scales done
+  tokens: jnp.ndarray  # [B, L, *dist.token_shape]; zeros past the scales done
   logprobs: jnp.ndarray  # float32 [B, L]; policy log-probs of `tokens`
 
 
 class SampleOutput(NamedTuple):
-  tokens: jnp.ndarray  # int32 [B, L]
+  tokens: jnp.ndarray  # [B, L, *dist.token_shape] (int32 ids for a categorical)
   logprobs: jnp.ndarray  # float32 [B, L]
   scale_index: np.ndarray  # int32 [L] (host constant)
   images: jnp.ndarray  # uint8 [B, H, W, 3]
@@ -207,7 +207,7 @@ class Sampler:
       cache=cache,
       ctx=ctx,
       f_hat=model.zero_fhat(b),
-      tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
+      tokens=model.empty_tokens(b),
       logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
     )
 
@@ -231,13 +231,14 @@ class Sampler:
     logp = model.dist.token_logprobs(pol, ids)
     start, _ = model.schedule.span(s)
     b = ids.shape[0]
-    f_hat = state.f_hat + model.scale_residual(
-      params, ids.reshape(b, *model.schedule.grids[s]), s
-    )
+    grid = ids.reshape(b, *model.schedule.grids[s], *model.dist.token_shape)
+    f_hat = state.f_hat + model.scale_residual(params, grid, s)
     return state._replace(
       cache=cache,
       f_hat=f_hat,
-      tokens=jax.lax.dynamic_update_slice(state.tokens, ids, (0, start)),
+      tokens=jax.lax.dynamic_update_slice(
+        state.tokens, ids.astype(state.tokens.dtype), (0, start) + (0,) * (ids.ndim - 2)
+      ),
       logprobs=jax.lax.dynamic_update_slice(state.logprobs, logp, (0, start)),
     )
 
@@ -289,7 +290,7 @@ class Sampler:
       cache=None,
       ctx=None,
       f_hat=model.zero_fhat(b),
-      tokens=jnp.zeros((b, sched.num_tokens), jnp.int32),
+      tokens=model.empty_tokens(b),
       logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
     )
     pieces = []

@@ -184,6 +184,25 @@ def test_sharded_index_merges_shards(tmp_path):
     load_state_dict(index)
 
 
+def test_keep_reads_only_the_kept_keys(tmp_path):
+  enc = {'encoder.w': torch.randn(2, 2), 'shared.weight': torch.randn(3, 2)}
+  dec = {'decoder.w': torch.randn(4, 2), 'lm_head.weight': torch.randn(3, 2)}
+  keep = lambda k: not k.startswith(('decoder.', 'lm_head.'))  # noqa: E731
+  _save_safetensors(tmp_path / 'm.safetensors', {**enc, **dec})
+  torch.save({**enc, **dec}, tmp_path / 'm.bin')
+  for name in ('m.safetensors', 'm.bin'):
+    _assert_same(load_state_dict(tmp_path / name, keep=keep), enc)
+  # A shard holding only dropped keys is never opened: a missing one is fine.
+  _save_safetensors(tmp_path / 'enc.safetensors', enc)
+  weight_map = {k: 'enc.safetensors' for k in enc}
+  weight_map.update({k: 'absent-decoder.safetensors' for k in dec})
+  index = tmp_path / 'model.safetensors.index.json'
+  index.write_text(json.dumps({'weight_map': weight_map}))
+  _assert_same(load_state_dict(index, keep=keep), enc)
+  with pytest.raises(CheckpointFileError, match='absent-decoder.safetensors'):
+    load_state_dict(index)
+
+
 def test_reads_without_torch(tmp_path):
   """The point of this module: TPU VMs have no torch installed."""
   torch.save({'w': torch.arange(4.0)}, tmp_path / 'x.pth')

@@ -1,4 +1,8 @@
-"""RL prompt sources: the synthetic stream and class ids (config.rl.prompts)."""
+"""RL prompt sources: the synthetic stream and class ids (config.rl.prompts).
+
+Text lists (jsonl, cvtg, tfds, generated) and held-out prompts:
+test_text_prompt_sources.py.
+"""
 
 import collections
 
@@ -85,7 +89,7 @@ def test_evaluation_choice_is_fixed_and_seeded():
     ('classes:2x7', "'2x7' is not a class id (an integer)"),
     ('classes:', 'no class ids'),
     ('classes: , ', 'no class ids'),
-    ('imagenet', "expected 'synthetic', 'classes:all'"),
+    ('imagenet', "expected 'synthetic', 'generated[:n=N,"),
   ],
 )
 def test_bad_specs_are_one_clear_error(spec, message):

@@ -48,13 +48,58 @@ def _reference_levenshtein(a, b):
   return prev[-1]
 
 
+def _random_pairs(seed, n_short=2000, n_long=60):
+  """Small alphabets make many matches; lengths past 64 cross a machine word
+  (rapidfuzz switches to its block algorithm); non-ASCII and empty included."""
+  rng = np.random.default_rng(seed)
+  alphabet_a, alphabet_b = list('ab cé中'), list('abcdé中')
+  for size in [8] * n_short + [150] * n_long:
+    a = ''.join(rng.choice(alphabet_a, size=rng.integers(0, size)))
+    b = ''.join(rng.choice(alphabet_b, size=rng.integers(0, size)))
+    yield a, b
+
+
 def test_levenshtein_matches_the_table_on_random_strings():
-  rng = np.random.default_rng(0)
-  # Small alphabets make many matches; lengths past 64 cross a machine word.
-  for size in [8] * 1000 + [100] * 40:
-    a = ''.join(rng.choice(list('ab c'), size=rng.integers(0, size)))
-    b = ''.join(rng.choice(list('abcd'), size=rng.integers(0, size)))
-    assert text.levenshtein(a, b) == _reference_levenshtein(a, b)
+  for a, b in _random_pairs(0):
+    want = _reference_levenshtein(a, b)
+    assert text.levenshtein(a, b) == want
+    assert type(text.levenshtein(a, b)) is int
+    longest = max(len(a), len(b))
+    # Exactly equal (==), as the hand-written version gave: same float ops.
+    assert text.ned(a, b) == (want / longest if longest else 0.0)
+    assert text.similarity(a, b) == 1.0 - (want / longest if longest else 0.0)
+
+
+def _random_ocr(rng):
+  words = ['sale', 'sole', 'open', 'opne', 'big', 'bog', 'now', 'x', 'café', '中文']
+  texts = [
+    ' '.join(rng.choice(words, size=rng.integers(1, 4)))
+    for _ in range(rng.integers(0, 5))
+  ]
+  targets = [
+    ' '.join(rng.choice(words, size=rng.integers(1, 3)))
+    for _ in range(rng.integers(1, 4))
+  ]
+  return targets, ocr(*texts)
+
+
+def test_rewards_match_the_table_distance_on_random_readings(monkeypatch):
+  """Rewards, parts and boxes with rapidfuzz == with the textbook table."""
+  rng = np.random.default_rng(1)
+  cases = [_random_ocr(rng) for _ in range(300)]
+  new = [
+    text.text_reward(t, o, kind=k)
+    for t, o in cases
+    for k in ('comp_sim_pen', 'one_minus_ned')
+  ]
+  monkeypatch.setattr(text, '_lev_distance', _reference_levenshtein)
+  old = [
+    text.text_reward(t, o, kind=k)
+    for t, o in cases
+    for k in ('comp_sim_pen', 'one_minus_ned')
+  ]
+  assert new == old
+  assert len({r.sim for r in new}) > 10  # many different partial matches
 
 
 def test_ned_known_pairs():

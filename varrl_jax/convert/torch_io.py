@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -67,13 +68,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(
+  path: str | os.PathLike, keep: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
   """Flat ``{key: array}`` from a torch.save zip, safetensors or shard index.
 
   Args:
     path: a ``torch.save`` file (zip format, torch>=1.6), a ``.safetensors``
       file, or a ``*.index.json`` whose ``weight_map`` names shards (either
       kind) next to it; all shards are loaded and their keys merged.
+    keep: if given, only keys for which it is true are read (the others are
+      never materialised, and shards holding none of them are not opened):
+      e.g. the encoder of a full T5 checkpoint without its decoder.
 
   Returns:
     Native-endian numpy arrays, bfloat16 upcast to float32. A checkpoint that
@@ -92,20 +98,20 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if os.path.isdir(path):
     raise CheckpointFileError(path, 'is a directory, not a checkpoint file')
   if path.endswith('.json'):
-    return _load_index(path)
+    return _load_index(path, keep)
   with open(path, 'rb') as f:
     head = f.read(len(_LEGACY_MAGIC))
   if not head:
     raise CheckpointFileError(path, 'empty file')
   if head.startswith(b'PK'):
-    return _load_torch_zip(path)
+    return _load_torch_zip(path, keep)
   if head.startswith(_LEGACY_MAGIC):
     raise CheckpointFileError(
       path,
       'legacy torch format; re-save it with torch>=1.6 (torch.save(torch.load(p), p))',
     )
   if path.endswith('.safetensors') or head[8:9] == b'{':
-    return _load_safetensors(path)
+    return _load_safetensors(path, keep)
   if head.startswith(b'\x93NUMPY'):
     kind = 'a numpy .npy file'
   elif head[:1] == b'\x80':
@@ -184,7 +190,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     raise CheckpointFileError(self._path, f'unexpected persistent id {pid!r:.80}')
 
 
-def _load_torch_zip(path: str) -> dict[str, np.ndarray]:
+def _load_torch_zip(path: str, keep=None) -> dict[str, np.ndarray]:
   try:
     zf = zipfile.ZipFile(path)
   except zipfile.BadZipFile as e:
@@ -216,6 +222,8 @@ def _load_torch_zip(path: str) -> dict[str, np.ndarray]:
       )
     refs = {}
     _flatten(tree, '', refs, path)
+    if keep is not None:
+      refs = {k: r for k, r in refs.items() if keep(k)}
     # Storages shared by several tensors are read once and dropped after
     # their last tensor, so peak memory stays near one copy of the weights.
     uses = collections.Counter(ref.entry for ref in refs.values())
@@ -285,7 +293,7 @@ def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 # --- safetensors ------------------------------------------------------------
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+def _load_safetensors(path: str, keep=None) -> dict[str, np.ndarray]:
   """8-byte little-endian header length, a JSON header, then raw data."""
   size = os.path.getsize(path)
   with open(path, 'rb') as f:
@@ -308,6 +316,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     header.pop('__metadata__', None)
     out = {}
     for key, info in header.items():
+      if keep is not None and not keep(key):
+        continue
       try:
         dtype = _SAFETENSORS_DTYPES[info['dtype']]
         shape = tuple(int(d) for d in info['shape'])
@@ -338,11 +348,13 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _load_index(path: str) -> dict[str, np.ndarray]:
+def _load_index(path: str, keep=None) -> dict[str, np.ndarray]:
   """A sharded checkpoint: ``{"weight_map": {key: shard file name}}``."""
   try:
     with open(path, encoding='utf-8') as f:
       weight_map = json.load(f)['weight_map']
+    if keep is not None:
+      weight_map = {k: v for k, v in weight_map.items() if keep(k)}
     shards = list(dict.fromkeys(weight_map.values()))  # unique, in order
   except (ValueError, KeyError, TypeError, AttributeError):
     raise CheckpointFileError(
@@ -350,7 +362,8 @@ def _load_index(path: str) -> dict[str, np.ndarray]:
     ) from None
   out = {}
   for shard in shards:
-    for key, arr in load_state_dict(os.path.join(os.path.dirname(path), shard)).items():
+    shard_path = os.path.join(os.path.dirname(path), shard)
+    for key, arr in load_state_dict(shard_path, keep).items():
       if key in out:
         raise CheckpointFileError(path, f'key is in two shards (also {shard})', key)
       out[key] = arr

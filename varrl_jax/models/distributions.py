@@ -5,6 +5,10 @@ method does with a token's probability goes through these functions, so a
 family with another token distribution (the bitwise tokens of Infinity, whose
 log-prob is the sum of its bits' log-probs) only swaps this object.
 
+Every distribution says the shape and dtype of one token (``token_shape``,
+``token_dtype``): token arrays are [B, L, *token_shape] everywhere (sampler
+state, rollouts, the GRPO batch); log-probs and entropies are always [B, L].
+
 `Categorical`: one softmax over the codebook; logits [..., V], tokens int32.
 Top-k / top-p truncation only decides which tokens may be drawn: it is never
 part of the log-prob (`varrl_jax.policy`).
@@ -59,6 +63,9 @@ def draw(key, logits_bnv, opts):
 @dataclasses.dataclass(frozen=True)
 class Categorical:
   """One categorical over the codebook per token (logits [..., V])."""
+
+  token_shape: tuple[int, ...] = ()
+  token_dtype = jnp.int32
 
   def token_logprobs(self, logits, tokens):
     """log_softmax(logits)[token], [...]."""

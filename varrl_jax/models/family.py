@@ -195,9 +195,16 @@ class NextScaleModel(abc.ABC):
     return jnp.zeros((batch, *self.schedule.latent_size, self.latent_dim), jnp.float32)
 
   def scale_ids(self, tokens_bl, s: int):
-    """The ids of scale s as a grid, [B, h_s, w_s]."""
+    """The tokens of scale s as a grid, [B, h_s, w_s, *dist.token_shape]."""
     start, end = self.schedule.span(s)
-    return tokens_bl[:, start:end].reshape(tokens_bl.shape[0], *self.schedule.grids[s])
+    return tokens_bl[:, start:end].reshape(
+      tokens_bl.shape[0], *self.schedule.grids[s], *self.dist.token_shape
+    )
+
+  def empty_tokens(self, batch: int):
+    """Zero tokens [B, L, *dist.token_shape] of the token dtype."""
+    shape = (batch, self.schedule.num_tokens, *self.dist.token_shape)
+    return jnp.zeros(shape, self.dist.token_dtype)
 
   def teacher_inputs(self, params: dict, tokens_bl, num_scales=None):
     """Next-scale inputs of every token, [B, L_p, C], from the token ids.

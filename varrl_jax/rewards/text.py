@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from varrl_jax.rewards.types import Box, OcrResult, OcrWord
 
@@ -67,71 +68,30 @@ _EXACT_SEARCH_MAX_TARGETS = 12
 # Edit distance.
 # ---------------------------------------------------------------------------
 
-
-class _Pattern:
-  """A string prepared for many Levenshtein distances to other strings.
-
-  Bit-parallel algorithm (Myers 1999, in Hyyrö's form for global distance):
-  bit ``i`` of the column vectors ``pv``/``mv`` says whether
-  ``D[i+1][j] − D[i][j]`` is +1/−1, so one pass over the other string with a
-  few integer operations per character replaces the O(|a|·|b|) table.
-  Python's big integers remove any length limit.
-  """
-
-  def __init__(self, a: str):
-    self.a = a
-    self.peq: dict[str, int] = {}  # Character -> bit mask of its positions in a.
-    for i, ch in enumerate(a):
-      self.peq[ch] = self.peq.get(ch, 0) | (1 << i)
-
-  def distance(self, b: str) -> int:
-    m = len(self.a)
-    if not m or not b:
-      return max(m, len(b))
-    peq = self.peq
-    full = (1 << m) - 1
-    top = 1 << (m - 1)
-    pv, mv, dist = full, 0, m
-    for ch in b:
-      eq = peq.get(ch, 0)
-      xv = eq | mv
-      xh = (((eq & pv) + pv) ^ pv) | eq
-      ph = mv | ~(xh | pv)
-      mh = pv & xh
-      if ph & top:
-        dist += 1
-      elif mh & top:
-        dist -= 1
-      # "| 1" is row 0 of the table, D[0][j] = j: global, not substring, distance.
-      ph = (ph << 1) | 1
-      mh <<= 1
-      pv = (mh | ~(xv | ph)) & full
-      mv = ph & xv
-    return dist
+# Every edit distance here goes through this one name (rapidfuzz's C++
+# bit-parallel Levenshtein, unit costs, exact ints): tests and
+# benchmarks/edit_distance.py swap in a reference to compare.
+_lev_distance = Levenshtein.distance
 
 
 def levenshtein(a: str, b: str) -> int:
   """Levenshtein distance: fewest single-character insertions, deletions and
-  substitutions turning ``a`` into ``b`` (bit-parallel, see :class:`_Pattern`)."""
-  if a == b:
-    return 0
-  return _Pattern(a).distance(b)
+  substitutions turning ``a`` into ``b`` (rapidfuzz's C++ bit-parallel one)."""
+  return _lev_distance(a, b)
 
 
 def ned(a: str, b: str) -> float:
   """Normalized edit distance ``NED(a, b) = lev(a, b) / max(|a|, |b|)``.
 
-  In ``[0, 1]``; 0 for two empty strings (they are equal).
+  In ``[0, 1]``; 0 for two empty strings (they are equal). rapidfuzz divides
+  the integer distance in double precision, exactly as Python's ``/`` does.
   """
-  longest = max(len(a), len(b))
-  if longest == 0:
-    return 0.0
-  return levenshtein(a, b) / longest
+  return Levenshtein.normalized_distance(a, b)
 
 
 def similarity(a: str, b: str) -> float:
   """``1 − NED(a, b)``, in ``[0, 1]``; 1 means equal."""
-  return 1.0 - ned(a, b)
+  return Levenshtein.normalized_similarity(a, b)
 
 
 def normalize_text(text: str, *, case_sensitive: bool = False) -> str:
@@ -270,7 +230,6 @@ def _best_reading(
     text = ' '.join(tok for tok, _ in span)
     candidates.setdefault(text, tuple(sorted({e for _, e in span})))
 
-  pattern = _Pattern(target)
   best, best_entries = 0.0, ()
   for text, entries in candidates.items():
     longest = max(len(target), len(text))
@@ -279,7 +238,7 @@ def _best_reading(
     # |len(a) − len(b)| lower-bounds the edit distance: skip hopeless candidates.
     if 1.0 - abs(len(target) - len(text)) / longest <= best:
       continue
-    score = 1.0 - pattern.distance(text) / longest
+    score = 1.0 - _lev_distance(target, text) / longest
     if score > best:
       best, best_entries = score, entries
       if best == 1.0:

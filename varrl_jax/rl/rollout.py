@@ -36,7 +36,7 @@ class Rollout:
   prompts: list[str]  # per row
   targets: list[tuple[str, ...]]  # per row
   cond: dict  # the family's conditioning of every row, leaves [R, ...]
-  tokens: np.ndarray  # int32 [R, L]
+  tokens: np.ndarray  # [R, L, *dist.token_shape]
   logprobs: np.ndarray  # float32 [R, L]: the sampler's policy log-probs
   images: np.ndarray  # uint8 [R_local, H, W, 3]: this process's rows only
   local_rows: np.ndarray  # int [R_local]: the row numbers of `images`
