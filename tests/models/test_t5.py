@@ -1,7 +1,6 @@
 """The Flax T5 encoder, its loader, tokenizer and prompt cache against
 transformers (run here on tiny random models saved with ``save_pretrained``)."""
 
-import io
 import json
 import os
 import shutil
@@ -11,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.models.t5_fixture import hf_config as _hf_config
+from tests.models.t5_fixture import train_spiece as _train_spiece
 from varrl_jax.models import t5 as t5_lib
 from varrl_jax.models import t5_embedder, t5_tokenizer, t5_weights
 from varrl_jax.models.var_official.errors import ConversionError
@@ -18,13 +19,6 @@ from varrl_jax.models.var_official.errors import ConversionError
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 spm = pytest.importorskip('sentencepiece')
-
-_CORPUS = """The quick brown fox jumps over the lazy dog.
-A neon sign that says "OPEN 24 HOURS" above the door!
-Hello, world: it's a test; (parentheses) and [brackets], 'single' "double".
-A poster reading "SALE 50% OFF" on a shop window at night.
-Numbers 0123456789 and symbols @#$%^&*+=<>?/|~ too.
-""".splitlines()
 
 PROMPTS = [
   'A sign that says "OPEN"',
@@ -35,42 +29,6 @@ PROMPTS = [
   'neon </s> <unk> <extra_id_0> x <extra_id_12>',
   'a poster reading "SALE 50% OFF", with "NEW" below it.',
 ]
-
-
-def _hf_config(**kw):
-  base = dict(
-    vocab_size=220,  # >= the tokenizer's 212 ids
-    d_model=32,
-    d_kv=8,
-    d_ff=48,
-    num_layers=2,
-    num_heads=4,
-    feed_forward_proj='gated-gelu',
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    tie_word_embeddings=False,  # as Flan-T5
-  )
-  base.update(kw)
-  return transformers.T5Config(**base)
-
-
-def _train_spiece(path):
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-    sentence_iterator=iter(_CORPUS * 10),
-    model_writer=model,
-    vocab_size=120,
-    hard_vocab_limit=False,
-    pad_id=0,
-    eos_id=1,
-    unk_id=2,
-    bos_id=-1,  # T5's ids: <pad> 0, </s> 1, <unk> 2, no <s>
-    character_coverage=1.0,
-    num_threads=1,
-    minloglevel=2,
-  )
-  with open(path, 'wb') as f:
-    f.write(model.getvalue())
 
 
 @pytest.fixture(scope='module')
