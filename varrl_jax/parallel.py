@@ -52,6 +52,11 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ('cond_embed', None),
   ('adaln', None),
   ('qkv', None),
+  # Infinity (models/infinity) and Flan-T5 (models/t5.py): the text encoder's
+  # width, the 2 classes of a bit, T5's relative-position buckets.
+  ('text_embed', None),
+  ('bit_class', None),
+  ('rel_buckets', None),
 )
 
 

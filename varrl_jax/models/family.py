@@ -23,8 +23,10 @@ Parameters are one pytree ``{'tokenizer': ..., 'transformer': ...}``; RL
 trains only the transformer. Everything else (`teacher_inputs`,
 `decode_tokens`, `init`) is written once here in terms of the above.
 
-Families: ``varrl`` (our text-prefix model, `models/varrl.py`) and ``var``
-(FoundationVision/VAR, class-conditional, `models/var_official/`).
+Families: ``varrl`` (our text-prefix model, `models/varrl.py`), ``var``
+(FoundationVision/VAR, class-conditional, `models/var_official/`) and
+``infinity`` (FoundationVision/Infinity, Flan-T5 text, bitwise tokens,
+`models/infinity/`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from varrl_jax.models.text import PromptError  # noqa: F401  (the families raise
 
 Cond = dict[str, Any]  # leaves [B, ...]; host numpy or device arrays
 
-FAMILIES = ('varrl', 'var')
+FAMILIES = ('varrl', 'var', 'infinity')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,8 @@ class TransformerDims:
   mlp_mats: int  # 3 for a gated MLP (SwiGLU), 2 for a plain one
   vocab_size: int
   remat: str
+  # Text tokens every image token cross-attends to (Infinity); 0 = none.
+  cross_len: int = 0
 
   def segments(self, start: int, length: int) -> np.ndarray:
     """Segment ids of positions [start, start + length): 0 for the prefix,
@@ -95,6 +99,12 @@ class NextScaleModel(abc.ABC):
   @property
   def vocab_size(self) -> int:
     return self.cfg.vocab_size
+
+  @property
+  def input_dim(self) -> int:
+    """Width of a next-scale input token (`next_input`); the latent width
+    unless a family packs several latent cells into one token."""
+    return self.latent_dim
 
   @property
   @abc.abstractmethod
@@ -216,7 +226,7 @@ class NextScaleModel(abc.ABC):
     sched = self.schedule
     num_scales = sched.num_scales if num_scales is None else num_scales
     b = tokens_bl.shape[0]
-    pieces = [jnp.zeros((b, int(sched.counts[0]), self.latent_dim), jnp.float32)]
+    pieces = [jnp.zeros((b, int(sched.counts[0]), self.input_dim), jnp.float32)]
     f_hat = self.zero_fhat(b)
     for s in range(num_scales - 1):
       f_hat = f_hat + self.scale_residual(params, self.scale_ids(tokens_bl, s), s)
@@ -264,4 +274,8 @@ def build_model(config: ml_collections.ConfigDict) -> NextScaleModel:
     from varrl_jax.models.var_official import family as var_family
 
     return var_family.build(config)
+  if family == 'infinity':
+    from varrl_jax.models.infinity import family as infinity_family
+
+    return infinity_family.build(config)
   raise ValueError(f'config.model.family={family!r}; expected one of {FAMILIES}')

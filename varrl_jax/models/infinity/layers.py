@@ -218,11 +218,13 @@ class TextProj(nn.Module):
   @nn.compact
   def __call__(self, text_btc):
     cfg = self.cfg
-    h = dense(cfg.embed_dim, ('text_embed',), ('embed',), cfg, 'fc1')(
+    # The hidden width is C too; naming it 'mlp' keeps fc2's two axes apart
+    # (a kernel cannot shard one mesh axis twice).
+    h = dense(cfg.embed_dim, ('text_embed',), ('mlp',), cfg, 'fc1')(
       text_btc.astype(cfg.dtype)
     )
     h = nn.gelu(h, approximate=True)
-    return dense(cfg.embed_dim, ('embed',), ('embed',), cfg, 'fc2')(h)
+    return dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2')(h)
 
 
 class CrossAttention(nn.Module):
