@@ -11,6 +11,12 @@ region count 2-5; synthetic: split and number of target words). Writes
 ``WORKDIR/metrics.json``, ``WORKDIR/samples.jsonl`` (per image: targets and
 what OCR read) and ``WORKDIR/grid.png`` (targets and OCR text under each
 image). Sampling follows ``config.sampling``; the seed is ``config.eval.seed``.
+
+CLIPScore (CVTG-2K's third metric, mean 2.5 max(cos, 0) of image and
+prompt) is reported too when a local CLIP is given:
+``--config.rewards.clip.path=/path/to/clip-vit-large-patch14`` (a Hugging
+Face folder; open_clip files also need ``.arch`` and ``.tokenizer``, see
+varrl_jax/config.py).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
 from varrl_jax.models.family import build_model
+from varrl_jax.rewards import clip as clip_rewards
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.weights import load_weights
 
@@ -74,8 +81,14 @@ def run(
   else:
     params, weights = load_weights(config, model, checkpoint, parts[source])
   print(f'model weights: {weights}')
+  clip = None
+  if config.rewards.clip.path:
+    clip = clip_rewards.ClipScore(clip_rewards.embedder_from_config(config, 'clip'))
+    print(f'CLIPScore model: {clip.embedder.source}')
   with make_pool(config) as pool:
-    report = evaluator.evaluate(model, params, config, prompts, pool, source=source)
+    report = evaluator.evaluate(
+      model, params, config, prompts, pool, source=source, clip=clip
+    )
   workdir = fs.resolve(workdir)
   fs.makedirs(workdir)
   summary = {
@@ -87,6 +100,7 @@ def run(
     'seed': config.eval.seed,
     'sampling': config.sampling.to_dict(),
     'case_sensitive': config.eval.case_sensitive,
+    'clip': clip.embedder.source if clip else None,
     'metrics': report.flat,
     'ocr': report.ocr_stats,
     'seconds': report.seconds,
@@ -105,14 +119,16 @@ def run(
   )
   for group, values in report.by_group.items():
     for value, s in sorted(values.items(), key=lambda kv: str(kv[0])):
+      clip_s = '' if s.clipscore is None else f'  clipscore {s.clipscore:.4f}'
       print(
-        f'  {group}={value}: word_accuracy {s.word_accuracy:.4f}  ned {s.ned:.4f}  '
-        f'({s.n_images} images, {s.n_words} words)'
+        f'  {group}={value}: word_accuracy {s.word_accuracy:.4f}  ned {s.ned:.4f}'
+        f'{clip_s}  ({s.n_images} images, {s.n_words} words)'
       )
   s = report.summary
   print(f'metrics: {fs.join(workdir, "metrics.json")}  grid: {grid}')
+  clip_s = '' if s.clipscore is None else f'  CLIPScore {s.clipscore:.4f}'
   print(
-    f'{spec} ({source}): Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}  '
+    f'{spec} ({source}): Word Accuracy {s.word_accuracy:.4f}  NED {s.ned:.4f}{clip_s}  '
     f'({s.n_images} images, {s.n_words} target words, {s.n_failed} OCR failures)'
   )
   return report

@@ -128,7 +128,10 @@ def test_bad_specs_name_the_key_the_item_and_the_known_rewards(spec, why):
   msg = str(e.value)
   assert msg.startswith(f'config.rl.rewards={spec!r}: '), msg
   assert why in msg, msg
-  assert 'known rewards: jpeg_compressibility, jpeg_incompressibility, ocr' in msg
+  assert (
+    'known rewards: clipscore, jpeg_compressibility, jpeg_incompressibility, ocr, '
+    'preference' in msg
+  )
 
 
 # -- the weighted sum ---------------------------------------------------------

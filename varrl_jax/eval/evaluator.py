@@ -1,4 +1,5 @@
-"""Generate images for a prompt set, OCR them, score Word Accuracy and NED.
+"""Generate images for a prompt set, OCR them, score Word Accuracy and NED
+(and CLIPScore, given a CLIP model).
 
 Sampling uses ``config.sampling`` (so the paper's rollout settings and
 greedy / low-temperature settings are one override apart) with a fixed seed:
@@ -12,6 +13,12 @@ synthetic prompt sets, ``renders`` (the ground-truth renders: the OCR
 ceiling) or ``reconstructions`` (renders passed through the tokenizer: what
 the tokenizer keeps legible). The three share prompts, OCR and scorer, so
 their ratios are like for like.
+
+With a ``clip`` reward (`varrl_jax.rewards.clip.ClipScore`, built from
+``config.rewards.clip`` by the CLI when its path is set), each batch's
+CLIP-S against its prompt is dispatched to the device as the batch is made
+and collected at the end; the report then has CLIPScore overall and per
+group, beside Word Accuracy and NED.
 
 With a device ``mesh`` the sampler is sharded (`sampling.Sampler`) when the
 batch size divides over data x fsdp; with several processes every process
@@ -99,8 +106,10 @@ def evaluate(
   progress=True,
   source: str = 'samples',
   mesh=None,
+  clip=None,
 ) -> EvalReport:
-  """Scores ``prompts`` (see ``source`` above); ``pool`` is an `OcrPool`."""
+  """Scores ``prompts`` (see ``source`` above); ``pool`` is an `OcrPool`;
+  ``clip`` a reward with ``submit``/``collect`` giving CLIP-S, or None."""
   if not prompts:
     raise ValueError('the prompt set is empty')
   if source not in SOURCES:
@@ -118,7 +127,7 @@ def evaluate(
   recon = jax.jit(lambda p, x: model.decode_tokens(p, model.encode_images(p, x)))
   key = jax.random.key(ec.seed)
   t0 = time.time()
-  futures, grid = [], []
+  futures, grid, clip_handles = [], [], []
   starts = range(0, len(items), bs)
   for i, start in enumerate(tqdm.tqdm(starts, desc='eval', disable=not progress)):
     n = min(bs, len(items) - start)
@@ -135,14 +144,22 @@ def evaluate(
     if sum(len(g) for g in grid) < ec.grid_images:
       grid.append(images)
     futures.append(pool.submit_batch(images))
+    if clip is not None:
+      batch = items[start : start + n]
+      clip_handles.append(
+        clip.submit(images, [p.prompt for p in batch], [p.targets for p in batch])
+      )
 
   acc = metrics_lib.MetricAccumulator(
     metrics_lib.MetricConfig(case_sensitive=ec.case_sensitive)
   )
   records = []
   results, stats = pool_lib.collect(futures)
-  for item, result in zip(items, results):
-    score = acc.add(list(item.targets), result, groups=item.groups)
+  clip_scores = [None] * len(items)
+  if clip is not None:
+    clip_scores = [float(x) for x in clip.collect(clip_handles).scores]
+  for item, result, clip_s in zip(items, results, clip_scores):
+    score = acc.add(list(item.targets), result, groups=item.groups, clipscore=clip_s)
     records.append(
       {
         'key': item.key,
@@ -152,6 +169,7 @@ def evaluate(
         'n_words': score.n_words,
         'n_correct': score.n_correct,
         'failed': result.failed,
+        **({} if clip_s is None else {'clipscore': clip_s}),
       }
     )
   grid_images = np.concatenate(grid)[: ec.grid_images]

@@ -1,4 +1,5 @@
-"""CVTG-2K text-rendering metrics: Word Accuracy and NED (DESIGN §3 "Metrics").
+"""CVTG-2K text-rendering metrics: Word Accuracy, NED (DESIGN §3 "Metrics") and
+CLIPScore.
 
 Words. A *target word* is each whitespace-separated word of each target
 string of an image; *recognized words* are the OCR texts split on whitespace.
@@ -23,6 +24,10 @@ Pooled over all images of a set (every target word weighs the same):
 
 Both are 0 for a set with no target word. NED is reported as a similarity
 (higher is better), as in the CVTG-2K tables.
+
+CLIPScore, CVTG-2K's third metric, is the mean over images of CLIP-S =
+2.5 max(cos(image, prompt), 0) (`varrl_jax.rewards.clip`); a summary has it
+only when the images were given one (``clipscore`` is None otherwise).
 
 The defaults (``one_to_one=False``, ``nearest='difflib'``) reproduce the
 official CVTG-2K scorer (TextCrafter's ``unified_metrics_eval.py``), so numbers
@@ -152,9 +157,14 @@ class Summary:
   n_words: int
   n_correct: int
   n_failed: int
+  clipscore: float | None = None  # mean CLIP-S of the images; None = not scored
 
   def as_dict(self, prefix: str = '') -> dict[str, float]:
-    return {f'{prefix}{k}': float(v) for k, v in dataclasses.asdict(self).items()}
+    return {
+      f'{prefix}{k}': float(v)
+      for k, v in dataclasses.asdict(self).items()
+      if v is not None
+    }
 
 
 @dataclasses.dataclass
@@ -164,8 +174,13 @@ class _Totals:
   n_correct: int = 0
   n_failed: int = 0
   sim_sum: float = 0.0
+  clip_sum: float = 0.0
+  n_clip: int = 0
 
-  def add(self, score: ImageScore) -> None:
+  def add(self, score: ImageScore, clipscore: float | None = None) -> None:
+    if clipscore is not None:
+      self.clip_sum += float(clipscore)
+      self.n_clip += 1
     self.n_images += 1
     self.n_words += score.n_words
     self.n_correct += score.n_correct
@@ -181,6 +196,7 @@ class _Totals:
       n_words=self.n_words,
       n_correct=self.n_correct,
       n_failed=self.n_failed,
+      clipscore=self.clip_sum / self.n_clip if self.n_clip else None,
     )
 
 
@@ -211,12 +227,16 @@ class MetricAccumulator:
     targets: Sequence[str],
     recognized: OcrResult | Sequence[str],
     groups: Mapping[str, Hashable] | None = None,
+    clipscore: float | None = None,
   ) -> ImageScore:
-    """Scores one image, adds it to the totals and returns its score."""
+    """Scores one image, adds it to the totals and returns its score;
+    ``clipscore`` is the image's CLIP-S, if it was computed."""
     score = score_image(targets, recognized, self.config)
-    self._overall.add(score)
+    self._overall.add(score, clipscore)
     for key, value in (groups or {}).items():
-      self._groups.setdefault(key, {}).setdefault(value, _Totals()).add(score)
+      self._groups.setdefault(key, {}).setdefault(value, _Totals()).add(
+        score, clipscore
+      )
     return score
 
   def summary(self) -> Summary:

@@ -299,9 +299,21 @@ def _jpeg(sign: float):
   return factory
 
 
+def _clip(name: str):
+  def factory(config, pool):
+    del pool
+    from varrl_jax.rewards import clip
+
+    return clip.from_config(config, name)
+
+  return factory
+
+
 register('ocr', _ocr)
 register('jpeg_compressibility', _jpeg(-1.0))
 register('jpeg_incompressibility', _jpeg(+1.0))
+register('clipscore', _clip('clipscore'))  # config.rewards.clip
+register('preference', _clip('preference'))  # config.rewards.preference
 
 
 @dataclasses.dataclass(frozen=True)
