@@ -81,6 +81,7 @@ class InfinityFamilyModel(family_lib.NextScaleModel):
   sampler_transformer: tr_lib.InfinityTransformer
   text_len: int
   text_encoder: str  # a local Hugging Face Flan-T5 folder ('' = none given)
+  init_checkpoint: str = ''  # its manifest names the folder when the above is ''
   family = 'infinity'
   example_prompts = EXAMPLE_PROMPTS
 
@@ -139,18 +140,31 @@ class InfinityFamilyModel(family_lib.NextScaleModel):
     """The Flan-T5 `PromptEmbedder`, loaded on first use (host, cached)."""
     from varrl_jax.models import t5_embedder
 
-    if not self.text_encoder:
+    folder = self.text_encoder or self._converted_text_encoder()
+    if not folder:
       raise TextEncoderError(
-        'config.model.infinity.text_encoder is empty: the infinity family encodes '
-        'prompts with a local Flan-T5 folder (config.json, model.safetensors, '
-        'spiece.model)'
+        'config.model.infinity.text_encoder is empty (and config.init_checkpoint '
+        'names none): the infinity family encodes prompts with a local Flan-T5 '
+        'folder (config.json, model.safetensors, spiece.model)'
       )
     try:
-      return t5_embedder.PromptEmbedder.from_folder(
-        self.text_encoder, max_length=self.text_len
-      )
+      return t5_embedder.PromptEmbedder.from_folder(folder, max_length=self.text_len)
     except (OSError, ValueError) as e:
       raise TextEncoderError(f'config.model.infinity.text_encoder: {e}') from None
+
+  def _converted_text_encoder(self) -> str:
+    """The Flan-T5 folder `varrl_jax.convert` recorded in the manifest of
+    ``config.init_checkpoint`` ('' if none)."""
+    if not self.init_checkpoint:
+      return ''
+    from varrl_jax import checkpoint
+
+    try:
+      saved = checkpoint.read_manifest(self.init_checkpoint)
+    except checkpoint.CheckpointError:  # reported when the weights load
+      return ''
+    model = saved.get('config', {}).get('model', {})
+    return str(model.get('infinity', {}).get('text_encoder', ''))
 
   def encode_prompts(self, prompts: Sequence[str]) -> family_lib.Cond:
     out = self.embedder([str(p) for p in prompts])
@@ -381,4 +395,5 @@ def build(config: ml_collections.ConfigDict) -> InfinityFamilyModel:
     ),
     text_len=text_len,
     text_encoder=str(ic.text_encoder),
+    init_checkpoint=str(config.init_checkpoint),
   )
