@@ -15,6 +15,11 @@ allocated) and compiled by the real TPU compiler:
   rollout chunk, ``rl.prompts_per_update / rl.rollout_chunks x group_size``
   prompts.
 
+With LoRA (``config.rl.lora.rank > 0``, `rl.lora`) the train step's state is
+the adapters and their optimizer state, and the frozen base (which is also
+the KL reference) is an argument of the step; the sampler runs on merged
+params while the base, adapters and their optimizer state stay resident.
+
 For each, a table: per-chip HBM from ``compiled.memory_analysis()``, plus the
 buffers that stay resident while it runs (the frozen reference parameters;
 for the sampler also the optimizer state), against the chip's capacity;
@@ -50,6 +55,7 @@ from varrl_jax import cli, parallel
 from varrl_jax.models import attention as attn_lib
 from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import batch_check
 
 # Flags are defined only when run as a program: importing this module (the
 # tests do) next to another CLI module must not define --config twice.
@@ -236,6 +242,7 @@ def _compile(jitted, *args):
 def compile_programs(config, mesh) -> Iterator[Program]:
   """Lowers and compiles the train step, then the sampler, for ``mesh``."""
   from varrl_jax.rl import grpo
+  from varrl_jax.rl import lora as lora_lib
   from varrl_jax.rl.loop import Method
   from varrl_jax.sampling import Sampler
 
@@ -250,24 +257,42 @@ def compile_programs(config, mesh) -> Iterator[Program]:
   rep = parallel.replicated(mesh)
 
   optimizer = grpo.make_optimizer(rl)
-  state = jax.eval_shape(lambda p: grpo.init_state(p, optimizer), tr_params)
-  state_shard = grpo.TrainState(
-    step=rep,
-    params=tr_shard,
-    opt_state=parallel.like_params(state.opt_state, tr_params, tr_shard, mesh),
-  )
+  lora = lora_lib.from_config(rl.lora, model)
+  if lora is None:
+    state = jax.eval_shape(lambda p: grpo.init_state(p, optimizer), tr_params)
+    state_shard = grpo.TrainState(
+      step=rep,
+      params=tr_shard,
+      opt_state=parallel.like_params(state.opt_state, tr_params, tr_shard, mesh),
+    )
+  else:
+    adapters = jax.eval_shape(lora.init, jax.random.key(0))
+    state = jax.eval_shape(lambda p: grpo.init_state(p, optimizer), adapters)
+    state_shard = grpo.state_shardings(model, optimizer, mesh, lora)
   abstract_state = _sds(state, state_shard)
   ref_bytes = _bytes_per_device(abstract_params['transformer'])
   opt_bytes = _bytes_per_device(abstract_state.opt_state)
+  # LoRA: the base is the step's own argument (and the reference); the
+  # sampler's merged params are a copy beside the base and the adapters.
+  step_args = () if lora is None else (abstract_params['transformer'],)
+  step_resident = (ref_bytes, 'reference params') if lora is None else (0, 'none')
+  sample_resident = (ref_bytes + opt_bytes, 'reference params + optimizer state')
+  if lora is not None:
+    sample_resident = (
+      ref_bytes + _bytes_per_device(abstract_state),
+      'base params + adapters + their optimizer state',
+    )
 
   sched, dims = model.schedule, model.dims
   b = rl.prompts_per_update * rl.group_size
-  n, t_t, c = sched.num_tokens, dims.prefix_len, model.latent_dim
+  n, t_t, c = sched.num_tokens, dims.prefix_len, model.input_dim
   f32 = jnp.float32
   batch = {
     'cond': _cond_input(mesh, model, b),
     'inputs': _batch_input(mesh, (b, n, c), f32, b),
-    'tokens': _batch_input(mesh, (b, n), jnp.int32, b),
+    'tokens': _batch_input(
+      mesh, (b, n, *model.dist.token_shape), model.dist.token_dtype, b
+    ),
     'old_logp': _batch_input(mesh, (b, n), f32, b),
     'ref_logp': _batch_input(mesh, (b, n), f32, b),
     'advantages': _batch_input(mesh, (b,), f32, b),
@@ -283,25 +308,21 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     grpo.GrpoHParams.from_config(rl),
     optimizer,
     Method.from_config(config, model).alpha,
+    lora=lora,
   )
   with parallel.mesh_context(mesh):
-    compiled, error, seconds = _compile(step, abstract_state, batch)
+    compiled, error, seconds = _compile(step, abstract_state, batch, *step_args)
+  lora_what = '' if lora is None else f', LoRA rank {lora.rank}'
   yield Program(
     'train_step',
-    f'GRPO update, {b} sequences{rows} x {t_t + n:,} tokens',
+    f'GRPO update, {b} sequences{rows} x {t_t + n:,} tokens{lora_what}',
     compiled,
     error,
-    ref_bytes,
-    'reference params',
+    *step_resident,
     seconds,
     train_flops(dims, 2 * b if cfg_rows else b, sched.num_scales) / mesh.size,
   )
 
-  if rl.prompts_per_update % rl.rollout_chunks:
-    raise ValueError(
-      f'config.rl.prompts_per_update={rl.prompts_per_update} must be divisible '
-      f'by config.rl.rollout_chunks={rl.rollout_chunks}'
-    )
   sb = rl.prompts_per_update // rl.rollout_chunks * rl.group_size
   sampler = Sampler(model, opts)
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -319,8 +340,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     f'{sched.num_scales} scales',
     compiled,
     error,
-    ref_bytes + opt_bytes,
-    'reference params + optimizer state',
+    *sample_resident,
     seconds,
     sample_flops(dims, 2 * sb if opts.uses_uncond else sb) / mesh.size,
   )
@@ -360,20 +380,29 @@ def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
   queries = cfg.segments(first, num_queries)
   visible = float((attn_lib.last_visible_key(queries, keys) + 1).sum())
   flops = cfg.num_layers * (num_queries * per_token + 4 * h * hd * visible)
+  if cfg.cross_len:  # cross-attention: q and out projections, scores, values
+    cross = 4 * d * h * hd + 4 * h * hd * cfg.cross_len
+    flops += cfg.num_layers * num_queries * cross
   return flops + (2 * d * cfg.vocab_size * int((queries > 0).sum()) if head else 0.0)
 
 
 def train_flops(cfg, rows: int, num_scales: int) -> float:
   """Forward, backward (2x) and, with remat, the recomputed forward."""
   n = cfg.prefix_len + int(cfg.schedule.offsets[num_scales])
-  fwd = rows * pass_flops(cfg, 0, n, head=True)
+  fwd = rows * (pass_flops(cfg, 0, n, head=True) + cross_kv_flops(cfg))
   return fwd * (3 + (cfg.remat != 'none'))
+
+
+def cross_kv_flops(cfg) -> float:
+  """Keys and values of the cross-attention memory, once per row."""
+  return cfg.num_layers * 4 * cfg.cross_len * cfg.d_model * cfg.num_heads * cfg.head_dim
 
 
 def sample_flops(cfg, rows: int) -> float:
   """Prefill, then every scale against the KV cache."""
   sched = cfg.schedule
   flops = pass_flops(cfg, 0, cfg.prefix_len, head=False) if cfg.prefix_len else 0.0
+  flops += cross_kv_flops(cfg)
   for s in range(sched.num_scales):
     flops += pass_flops(
       cfg, cfg.prefix_len + int(sched.offsets[s]), int(sched.counts[s]), True
@@ -437,6 +466,9 @@ def run(config, topology: str) -> bool:
   verdict; returns whether everything fits."""
   chip, name, devices = tpu_devices(topology)
   mesh = parallel.make_mesh(config.mesh, devices)
+  batch_check.check_batches(
+    config, len(devices), len({d.process_index for d in devices})
+  )
   print(
     f'AOT compile for {topology} ({name}, {len(devices)} chips) on '
     f'{jax.devices()[0].platform.upper()} host; attention={config.model.attention}, '

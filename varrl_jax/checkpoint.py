@@ -8,6 +8,10 @@ Layout of a checkpoint directory::
       tokenizer/      orbax StandardCheckpointer tree of params['tokenizer']
       transformer/    params['transformer'] (absent after the tokenizer stage)
 
+      lora/           optional: LoRA adapters of an RL run (`rl.lora`); the
+                      manifest's 'lora' entry holds rank, alpha, targets,
+                      the base checkpoint and its fingerprint
+
 The two parts are separate trees so the tokenizer stage can be saved alone and
 the transformer stage loads just that part. A transformer is only meaningful
 with the tokenizer whose token ids it predicts, so a transformer checkpoint
@@ -21,6 +25,11 @@ every shape are compared with the checkpoint's metadata before an array is
 read. Any failure (missing directory, missing or corrupt file, shape or
 structure mismatch) is one `CheckpointError` line that names the path and
 the command that recreates the checkpoint.
+
+A *separate LoRA export* (``varrl_jax.export --lora=separate``) holds only
+``lora/`` and names its base: `load_params` then loads the base (checked
+against its recorded fingerprint) and returns it with the adapters merged,
+so every command that loads weights takes it like any other checkpoint.
 
 `TrainCheckpoints` keeps the *full* RL train state for exact resume behind an
 orbax ``CheckpointManager`` (``WORKDIR/checkpoints/state/<update>/``): the
@@ -54,6 +63,7 @@ from jax.experimental import multihost_utils
 from varrl_jax import fs
 
 PARTS = ('tokenizer', 'transformer')
+LORA_PART = 'lora'
 MANIFEST = 'manifest.json'
 FORMAT = 1
 
@@ -97,10 +107,10 @@ def save_params(
   must be JSON-serialisable. Returns the absolute path.
   """
   path = fs.resolve(path)
-  unknown = sorted(set(params) - set(PARTS))
+  unknown = sorted(set(params) - set(PARTS) - {LORA_PART})
   if unknown:
     raise ValueError(f'save_params: unknown parts {unknown}; expected some of {PARTS}')
-  parts = [p for p in PARTS if p in params]
+  parts = [p for p in (*PARTS, LORA_PART) if p in params]
   if jax.process_index() == 0 and fs.exists(path):
     fs.rmtree(path)
   if jax.process_count() > 1:
@@ -236,6 +246,10 @@ def load_params(
     )
     for part in parts
   }
+  from varrl_jax.rl import lora_io  # it imports this module
+
+  if lora_io.is_separate_lora(manifest, parts):
+    return lora_io.load_separate_lora(path, model, parts, manifest, config, shardings)
   hint = _config_diff(manifest.get('config'), config)
   out, error = {}, None
   # Errors are raised after the checkpointer is closed: raising inside the

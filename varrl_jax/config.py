@@ -61,9 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.conv_weight_grad = 'auto'
 
   # The model family (varrl_jax/models/family.py): 'varrl' (our text-prefix
-  # model below, pretrained by varrl_jax.pretrain) or 'var' (the official
+  # model below, pretrained by varrl_jax.pretrain), 'var' (the official
   # FoundationVision/VAR class-conditional model, c.model.var; its VQ-VAE
-  # reads c.tokenizer: channels = ch * ch_mult, phi_count = share_quant_resi).
+  # reads c.tokenizer: channels = ch * ch_mult, phi_count = share_quant_resi)
+  # or 'infinity' (FoundationVision/Infinity text-to-image, c.model.infinity).
   c.model = ml_collections.ConfigDict()
   c.model.family = 'varrl'
   # Next-scale transformer of the 'varrl' family (varrl_jax/models/transformer.py).
@@ -105,6 +106,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.var.mlp_ratio = 4.0
   c.model.var.num_classes = 1000  # class_emb has num_classes + 1 rows (null)
   c.model.var.shared_aln = False  # True for var_d36 (one AdaLN projection)
+  # The 'infinity' family (varrl_jax/models/infinity): FoundationVision/
+  # Infinity, text-to-image with bitwise tokens. Its BSQ VAE reads c.tokenizer
+  # (channels = ch * ch_mult, latent_dim = the VAE's bits d, downsample = its
+  # stride); c.scales are the transformer's grids (models/infinity/schedules.py).
+  c.model.infinity = ml_collections.ConfigDict()
+  # 'infinity_2b' | 'infinity_8b' | '' (sizes from depth/embed_dim/num_heads).
+  c.model.infinity.preset = ''
+  c.model.infinity.depth = 0  # 0 = the preset's
+  c.model.infinity.embed_dim = 0
+  c.model.infinity.num_heads = 0
+  c.model.infinity.mlp_ratio = 4.0
+  # The 8B's 2x2 spatial patchify: a token holds 4 VAE cells (4 d bits).
+  c.model.infinity.spatial_patchify = False
+  # A local Hugging Face Flan-T5 folder (config.json, model.safetensors or
+  # shards, spiece.model): the frozen text encoder. Loaded when the first
+  # prompt is encoded; each prompt is encoded once (host cache).
+  c.model.infinity.text_encoder = ''
+  c.model.infinity.text_channels = 2048  # the encoder's width (Flan-T5-XL)
+  c.model.infinity.text_len = 512  # T5 tokens kept per prompt (theirs: 512)
+  c.model.infinity.text_maxlen = 512  # rows of the cfg_uncond parameter
 
   # Rollouts and the policy distribution (varrl_jax/sampling.py, policy.py).
   c.sampling = ml_collections.ConfigDict()
@@ -145,14 +166,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.num_updates = 20  # outer updates (rollout batches) of a run
   c.rl.data_seed = 0  # seed of the RL prompt stream (synthetic or class order)
   # RL prompts (varrl_jax/data/prompt_sources.py): 'synthetic' (rendered-text
-  # prompts with target words) or class ids for class-conditional families:
-  # 'classes:all' (0 .. model.var.num_classes - 1), 'classes:207,360,387',
-  # 'classes:@PATH' (one id a line, '#' comments).
+  # prompts with target words); a list of text prompts: 'jsonl:PATH' (lines
+  # {"prompt": ..., "targets": [...]}), 'cvtg:ROOT' (CVTG-2K copy),
+  # 'tfds:NAME[,split=S][,data_dir=D]', 'generated[:n=20000,regions=2..5,
+  # seed=0]' (what python -m varrl_jax.data.make_prompts writes); or class
+  # ids for class-conditional families: 'classes:all' (0 ..
+  # model.var.num_classes - 1), 'classes:207,360,387', 'classes:@PATH' (one
+  # id a line, '#' comments).
   c.rl.prompts = 'synthetic'
+  # Prompts of a text list kept out of training for the before/after
+  # evaluation of train.py: a count (>= 1) or a fraction (< 1) of its distinct
+  # prompts; 0 = none (the evaluation then uses config.eval.split).
+  c.rl.heldout_prompts = 0.0
   # The reward: a weighted sum of terms (varrl_jax/rewards/api.py), comma-
-  # separated NAME[:WEIGHT] of registered rewards ('ocr', 'jpeg_compressibility',
+  # separated NAME[:WEIGHT] of registered rewards ('ocr', 'clipscore',
+  # 'preference' (models in c.rewards), 'jpeg_compressibility',
   # 'jpeg_incompressibility') or MODULE:ATTR[:WEIGHT] of your own; e.g.
-  # 'ocr:1.0,jpeg_compressibility:0.2'. A weight left out is 1.
+  # 'ocr:1.0,clipscore:0.2'. A weight left out is 1.
   c.rl.rewards = 'ocr'
   c.rl.prompts_per_update = 4  # prompts per rollout batch (paper: 16)
   c.rl.group_size = 4  # G: samples (prefixes) per prompt (paper: 16)
@@ -194,6 +224,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.reward = ml_collections.ConfigDict()
   c.rl.reward.kind = 'comp_sim_pen'  # 'comp_sim_pen' | 'one_minus_ned'
   c.rl.reward.fallback = 0.0  # reward of an image whose OCR failed
+  # LoRA (varrl_jax/rl/lora.py): train low-rank adapters W' = W + (alpha / r)
+  # A B of the targeted kernels instead of every parameter; the optimizer
+  # state exists for the adapters only, and the KL reference is the base
+  # (adapters off: no second copy of the weights).
+  c.rl.lora = ml_collections.ConfigDict()
+  c.rl.lora.rank = 0  # r; 0 = full fine-tuning (no adapters at all)
+  c.rl.lora.alpha = 16.0  # the update is scaled by alpha / r
+  # Comma-separated regular expressions, each matched in full against the
+  # '/'-joined transformer parameter path; the default covers the attention
+  # (q, k, v, o / qkv, proj) and MLP (wi_gate, wi_up, wo / fc1, fc2) kernels
+  # of the 'varrl', 'var' and 'infinity' families (Infinity's self- and
+  # cross-attention: sa/qkv, sa/proj, ca/q, ca/kv_proj, ca/proj).
+  c.rl.lora.targets = (
+    r'.*layers/(q|k|v|o|wi_gate|wi_up|wo)/kernel,.*blocks/(qkv|proj|fc1|fc2)/kernel,'
+    r'.*blocks/(sa|ca)/(qkv|q|kv_proj|proj)/kernel'
+  )
 
   # Full train-state checkpoints of an RL run, for exact resume
   # (WORKDIR/checkpoints/state; varrl_jax/checkpoint.py TrainCheckpoints).
@@ -219,6 +265,39 @@ def base_config() -> ml_collections.ConfigDict:
   # (rewards/ocr.py UpscaleConfig; 1 = read as rendered).
   c.ocr.upscale_min_side = 128
   c.ocr.upscale_max_factor = 2
+
+  # CLIP-based rewards (varrl_jax/rewards/clip.py), from local weights only
+  # (never downloaded); they run jitted in the training process (on the
+  # accelerator). c.rewards.clip is the model of the 'clipscore' reward,
+  # 2.5 max(cos, 0), and of the evaluator's CLIPScore (reported whenever
+  # its path is set); c.rewards.preference that of the 'preference' reward.
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.clip = ml_collections.ConfigDict()
+  # A Hugging Face CLIPModel folder (config.json, model.safetensors or
+  # pytorch_model.bin, vocab.json, merges.txt) or an open_clip checkpoint
+  # file (.pt / .bin / .safetensors state dict). '' = none.
+  c.rewards.clip.path = ''
+  # 'hf' | 'open_clip' | 'auto' (a folder is hf, a file open_clip).
+  c.rewards.clip.format = 'auto'
+  # open_clip only: 'ViT-B-32' | 'ViT-B-16' | 'ViT-L-14' | 'ViT-H-14' (add
+  # '-quickgelu' for OpenAI's weights), an open_clip model-config .json, or
+  # '' = the one of those whose shapes the checkpoint has.
+  c.rewards.clip.arch = ''
+  # BPE vocabulary: a folder with vocab.json + merges.txt, or open_clip's
+  # bpe_simple_vocab_16e6.txt.gz. '' = the hf folder's own (open_clip needs one).
+  c.rewards.clip.tokenizer = ''
+  c.rewards.clip.batch_size = 16  # images per jitted call (the last is padded)
+  c.rewards.clip.dtype = 'float32'  # 'bfloat16' halves weight memory and time
+  c.rewards.preference = ml_collections.ConfigDict()
+  # 'pickscore': exp(logit_scale) cos (PickScore, a Hugging Face folder);
+  # 'hpsv2': cos (HPS-v2: HPS_v2_compressed.pt, arch ViT-H-14).
+  c.rewards.preference.kind = 'pickscore'
+  c.rewards.preference.path = ''  # as c.rewards.clip.path
+  c.rewards.preference.format = 'auto'  # as c.rewards.clip.format
+  c.rewards.preference.arch = ''  # as c.rewards.clip.arch
+  c.rewards.preference.tokenizer = ''  # as c.rewards.clip.tokenizer
+  c.rewards.preference.batch_size = 16
+  c.rewards.preference.dtype = 'float32'
 
   # Evaluation (python -m varrl_jax.evaluate; also the RL loop's held-out eval).
   c.eval = ml_collections.ConfigDict()

@@ -20,6 +20,15 @@ the token ids (encoder, codebook, phi convolutions) must equal the source's
 bit for bit, so the transformer sees the ids it was trained on; anything
 else is refused with the first differing parameter named.
 
+An RL run with LoRA (``config.rl.lora.rank > 0``) saves the merged params
+and its adapters. ``--lora=merged`` (default) exports the merged params
+(base + (alpha / r) A B folded in): the same format as any other export.
+``--lora=separate`` writes the adapters alone (part ``lora``, cast to
+``--dtype``) and a manifest naming the base checkpoint (the run's
+``config.init_checkpoint``) with its fingerprint; `checkpoint.load_params`
+merges them on load, so it loads like any checkpoint while the base exists
+unchanged.
+
 The shipped ``varrl_jax/assets/tiny`` checkpoint, which ``configs/tiny.py``
 loads by default, was made this way; its manifest says exactly how.
 """
@@ -39,6 +48,7 @@ from ml_collections import config_flags
 
 from varrl_jax import checkpoint, cli
 from varrl_jax.models.family import build_model
+from varrl_jax.rl import lora_io
 
 # Flags are defined only when run as a program: importing this module (the
 # tests do) next to another CLI module must not define --config twice.
@@ -48,10 +58,13 @@ _DEST = None
 _DTYPE = None
 _QUALITY = None
 _TOKENIZER = None
+_LORA = None
+
+LORA_MODES = ('merged', 'separate')
 
 
 def _define_flags():
-  global _CONFIG, _SOURCE, _DEST, _DTYPE, _QUALITY, _TOKENIZER
+  global _CONFIG, _SOURCE, _DEST, _DTYPE, _QUALITY, _TOKENIZER, _LORA
   _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model.', lock_config=True
   )
@@ -68,6 +81,12 @@ def _define_flags():
     '',
     "Checkpoint whose tokenizer replaces the source's (a decoder fine-tune; "
     'the ids it produces must be the same).',
+  )
+  _LORA = flags.DEFINE_enum(
+    'lora',
+    'merged',
+    list(LORA_MODES),
+    'LoRA runs: the merged params, or the adapters alone plus the base path.',
   )
 
 
@@ -127,8 +146,11 @@ def export(
   quality: dict,
   command: str,
   tokenizer: str = '',
+  lora: str = 'merged',
 ):
   """Writes the cast copy of ``source`` to ``dest``; returns its manifest.
+
+  ``lora``: 'merged' or 'separate' (module docstring).
 
   Raises:
     checkpoint.CheckpointError: a checkpoint is unusable, or ``tokenizer``
@@ -136,6 +158,12 @@ def export(
   """
   model = build_model(config)
   manifest = checkpoint.read_manifest(source)
+  if lora not in LORA_MODES:
+    raise ValueError(f'--lora must be one of {LORA_MODES}, got {lora!r}')
+  if lora == 'separate':
+    if tokenizer:
+      raise ValueError('--lora=separate exports adapters only; drop --tokenizer')
+    return _export_adapters(model, source, manifest, dest, dtype, quality, command)
   params = checkpoint.load_params(source, model, config=config.to_dict())
   recreate = list(_recipe(manifest))
   extra = {}
@@ -170,9 +198,41 @@ def export(
     'recreate': [c for c in recreate if c],
     'quality': quality,
   }
+  if record.get('lora'):  # a LoRA run's merged params: say so
+    record['lora'] = dict(record['lora'], merged=True)
   # Errors for a broken copy show the whole recipe, not just the last step.
   record['command'] = ' && '.join(record['recreate'])
   checkpoint.save_params(dest, params, record)
+  return record
+
+
+def _export_adapters(model, source, manifest, dest, dtype, quality, command) -> dict:
+  """``--lora=separate``: the adapters of ``source`` and a reference to its base."""
+  from varrl_jax.rl import lora as lora_lib
+
+  rec = manifest.get('lora')
+  if not rec:
+    raise checkpoint.CheckpointError(
+      f'--lora=separate: {source} holds no LoRA adapters (its run had '
+      'config.rl.lora.rank=0)'
+    )
+  if not rec.get('base'):
+    raise checkpoint.CheckpointError(
+      f'--lora=separate: {source} was trained from a random init, so there is no '
+      'base checkpoint to refer to; export it with --lora=merged'
+    )
+  spec = lora_lib.for_model(model, rec['rank'], rec['alpha'], rec['targets'])
+  adapters = cast_floats(lora_io.load_adapters(source, spec), jnp.dtype(dtype))
+  recreate = [*_recipe(manifest), command]
+  record = {
+    **{k: v for k, v in manifest.items() if k not in ('format', 'parts', 'saved_at')},
+    'exported_from': os.path.abspath(source),
+    'stored_dtype': dtype,
+    'recreate': [c for c in recreate if c],
+    'quality': quality,
+  }
+  record['command'] = ' && '.join(record['recreate'])
+  checkpoint.save_params(dest, {checkpoint.LORA_PART: adapters}, record)
   return record
 
 
@@ -190,6 +250,7 @@ def main(argv):
     read_quality(_QUALITY.value),
     command,
     _TOKENIZER.value,
+    _LORA.value,
   )
   size = sum(
     os.path.getsize(os.path.join(d, f))

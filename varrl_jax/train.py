@@ -19,8 +19,10 @@ The held-out evaluation is OCR Word Accuracy / NED (`eval.evaluator`) when
 the reward has an ``ocr`` term and the prompts are synthetic text prompts;
 otherwise it is the configured reward's mean and std, total and per term
 (`eval.reward_eval`), on ``config.eval.num_prompts`` prompts: the synthetic
-``config.eval.split``, or for class prompts a fixed choice of the
-configured classes (seed ``config.eval.data_seed``).
+``config.eval.split``, for class prompts a fixed choice of the configured
+classes, or for a text list (jsonl / cvtg / tfds / generated) with
+``config.rl.heldout_prompts`` > 0 its held-out prompts (seed
+``config.eval.data_seed``).
 
 Multi-host (a TPU pod: one process per worker, the same command on all):
 ``config.distributed`` starts ``jax.distributed`` (automatic on Cloud TPU
@@ -50,7 +52,7 @@ from varrl_jax.eval import evaluator, prompt_sets, reward_eval
 from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import loop, mask_viz
+from varrl_jax.rl import batch_check, loop, mask_viz
 from varrl_jax.weights import load_weights
 from varrl_jax.writers import MetricWriter
 
@@ -61,10 +63,19 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir/train', 'Output folder.')
 
 
 def _uses_ocr_eval(reward, source) -> bool:
-  """Word Accuracy needs text targets and the OCR pool (module docstring)."""
+  """Word Accuracy needs text targets and the OCR pool (module docstring).
+
+  Text lists have targets on every prompt when the reward has an ocr term
+  (`prompt_sources.text_prompts` checks it)."""
   return reward.get('ocr') is not None and isinstance(
-    source, prompt_sources.SyntheticPrompts
+    source, (prompt_sources.SyntheticPrompts, prompt_sources.TextPrompts)
   )
+
+
+def _eval_split(config, source) -> str:
+  if isinstance(source, prompt_sources.TextPrompts) and source.heldout:
+    return 'rl.heldout_prompts'
+  return config.eval.split
 
 
 def _eval_prompts(config, source) -> list[prompt_sets.EvalPrompt]:
@@ -74,17 +85,47 @@ def _eval_prompts(config, source) -> list[prompt_sets.EvalPrompt]:
       prompt_sets.EvalPrompt(p, t, {'class': int(p)}, f'classes/{i}')
       for i, (p, t) in enumerate(source.evaluation(ec.num_prompts, ec.data_seed))
     ]
+  if isinstance(source, prompt_sources.TextPrompts) and source.heldout:
+    # The prompts config.rl.heldout_prompts kept out of training.
+    return [
+      prompt_sets.EvalPrompt(p, t, {'regions': len(t)}, f'heldout_prompts/{i}')
+      for i, (p, t) in enumerate(source.evaluation(ec.num_prompts, ec.data_seed))
+    ]
   return prompt_sets.synthetic_prompts(
     ec.split, ec.num_prompts, ec.data_seed, synthetic.Variety.from_config(config.data)
   )
 
 
+_CLIP_SCORERS: dict = {}
+
+
+def _clip_scorer(config, reward):
+  """CVTG-2K's third metric, CLIPScore, when a CLIP model is configured: the
+  reward's own ``clipscore`` term, or one loaded once per path."""
+  term = reward.get('clipscore')
+  if term is not None or not config.rewards.clip.path:
+    return term
+  key = config.rewards.clip.path
+  if key not in _CLIP_SCORERS:
+    from varrl_jax.rewards import clip as clip_rewards
+
+    embedder = clip_rewards.embedder_from_config(config, 'clip')
+    _CLIP_SCORERS[key] = clip_rewards.ClipScore(embedder)
+  return _CLIP_SCORERS[key]
+
+
 def _eval(config, model, params, reward, source, workdir: str, name: str, mesh):
-  ec = config.eval
   prompts = _eval_prompts(config, source)
   if _uses_ocr_eval(reward, source):
     report = evaluator.evaluate(
-      model, params, config, prompts, reward.get('ocr').pool, progress=False, mesh=mesh
+      model,
+      params,
+      config,
+      prompts,
+      reward.get('ocr').pool,
+      progress=False,
+      mesh=mesh,
+      clip=_clip_scorer(config, reward),
     )
   else:
     report = reward_eval.evaluate(model, params, config, prompts, reward, mesh)
@@ -93,7 +134,9 @@ def _eval(config, model, params, reward, source, workdir: str, name: str, mesh):
     fs.makedirs(out)
     fs.write_text(
       fs.join(out, 'metrics.json'),
-      json.dumps({'split': ec.split, 'metrics': report.flat}, indent=2),
+      json.dumps(
+        {'split': _eval_split(config, source), 'metrics': report.flat}, indent=2
+      ),
     )
   return report
 
@@ -102,10 +145,13 @@ def _save(config, trainer, workdir: str, name: str, update: int, metrics: dict) 
   from varrl_jax import checkpoint as ckpt_lib
 
   path = fs.join(workdir, 'checkpoints', name)
+  # With LoRA: the merged params plus the adapters (`Trainer.checkpoint_parts`).
+  parts, lora_record = trainer.checkpoint_parts()
   ckpt_lib.save_params(
     path,
-    trainer.params,
+    parts,
     {
+      **lora_record,
       'stage': 'rl',
       'step': update,
       'command': ' '.join(sys.argv),
@@ -241,7 +287,9 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
 
 
 def _check(config, model):
-  """Bad rewards or prompts fail here, before anything loads or compiles."""
+  """Bad rewards, prompts or batch shapes fail here, before anything loads or
+  compiles."""
+  batch_check.check_batches(config)
   reward_api.parse(config.rl.rewards)
   source = prompt_sources.from_config(config)
   first = source.batch(0, config.rl.prompts_per_update)
@@ -346,7 +394,8 @@ def train(config, workdir: str, pool=None) -> dict:
   if ocr_eval:
     print(
       f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
-      f'NED {b.ned:.4f} -> {a.ned:.4f}  ({config.eval.split}, {a.n_words} words)'
+      f'NED {b.ned:.4f} -> {a.ned:.4f}  '
+      f'({_eval_split(config, prompt_source)}, {a.n_words} words)'
     )
   else:
     print(f'held-out {b.change(a)}  ({a.n_images} images)')

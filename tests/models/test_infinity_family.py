@@ -15,6 +15,7 @@ from varrl_jax.config import base_config
 from varrl_jax.models.family import build_model
 from varrl_jax.models.infinity import family as inf_family
 from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import lora as lora_lib
 from varrl_jax.writers import read_jsonl
 
 PROMPTS = ['a sign that says "OPEN"', 'a red fox', 'a poster reading "SALE"']
@@ -113,10 +114,12 @@ def test_encode_then_decode_round_trip_shapes(model_params):
   assert again.shape == tokens.shape
 
 
-def test_the_full_method_trains_through_train(t5_folder, tmp_path):
-  from varrl_jax import train
+@pytest.mark.parametrize('lora_rank', [0, 4])
+def test_the_full_method_trains_through_train(t5_folder, tmp_path, lora_rank):
+  from varrl_jax import checkpoint, train
 
   c = _config(t5_folder)
+  c.rl.lora.rank = lora_rank
   c.rl.prompts = 'generated:n=40,regions=2..3,seed=0'
   c.rl.rewards = 'jpeg_compressibility'
   c.rl.mode = 'full'
@@ -141,3 +144,15 @@ def test_the_full_method_trains_through_train(t5_folder, tmp_path):
     assert np.isfinite(r['train/loss']) and r['reward/std'] > 0
     assert {f'scale{s}/kl' for s in range(3)} <= set(r)
   assert result['after'].n_images == 2
+  manifest = checkpoint.read_manifest(str(tmp_path / 'checkpoints' / 'final'))
+  if lora_rank:
+    # The default targets adapt Infinity's attention and MLP kernels.
+    assert manifest['lora']['rank'] == 4 and 'lora' in manifest['parts']
+    model = build_model(c)
+    lora = lora_lib.for_model(model, 4, 16.0, c.rl.lora.targets)
+    assert {'/'.join(t.path[2:]) for t in lora.targets} == {
+      'sa/qkv/kernel', 'sa/proj/kernel', 'ca/q/kernel', 'ca/kv_proj/kernel',
+      'ca/proj/kernel', 'fc1/kernel', 'fc2/kernel',
+    }  # fmt: skip
+  else:
+    assert 'lora' not in manifest['parts']

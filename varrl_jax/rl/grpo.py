@@ -18,6 +18,11 @@ log pi_old is the teacher-forced log-prob before the update. On the first
 inner update of a rollout batch (``batch['on_policy'] = 1``) the step uses its
 own log-probs, stop-gradient, as log pi_old, so rho = 1 exactly; it returns
 them (``aux['logp']``) for the later inner updates of the same batch.
+
+With LoRA (``config.rl.lora.rank > 0``, `rl.lora`) the trainable params of
+the `TrainState` are the adapters; the step takes the frozen base
+transformer params as a third argument and differentiates
+``loss(lora.merge(base, adapters))`` with respect to the adapters only.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
+from varrl_jax.rl import lora as lora_lib
 from varrl_jax.rl import panw
 
 
@@ -98,9 +104,12 @@ def make_optimizer(rl: ml_collections.ConfigDict) -> optax.GradientTransformatio
   if rl.warmup_steps > 0:
     lr = optax.linear_schedule(0.0, rl.lr, rl.warmup_steps)
 
+  # LoRA adapters (`rl.lora`) are factors of kernels: decayed like them.
+  decayed = ('kernel', 'lora_a', 'lora_b')
+
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params
+      lambda path, _: getattr(path[-1], 'key', None) in decayed, params
     )
 
   chain = [optax.clip_by_global_norm(rl.grad_clip)] if rl.grad_clip > 0 else []
@@ -132,8 +141,12 @@ def make_train_step(
   optimizer: optax.GradientTransformation,
   alpha: float,
   mesh: Mesh | None = None,
+  lora: lora_lib.Lora | None = None,
 ):
   """The jitted ``train_step(state, batch) -> (state, metrics, logp)``.
+
+  With ``lora``: ``train_step(state, batch, base)``, ``state.params`` the
+  adapters and ``base`` the frozen transformer params (not donated).
 
   ``batch``: cond (the family's conditioning, leaves [B, ...]), inputs
   [B, L, C] (`NextScaleModel.teacher_inputs`), tokens [B, L], old_logp [B, L], ref_logp
@@ -164,17 +177,19 @@ def make_train_step(
     )
     return panw.weighted_sum(ell, batch['weights'], batch['mask'])
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, base=None):
+    if lora is not None:
+      params = lora.merge(base, params)
     logp, entropy = logp_and_entropy(params, batch)
     old_logp = jnp.where(
       batch['on_policy'] > 0, jax.lax.stop_gradient(logp), batch['old_logp']
     )
     return reduce(logp, old_logp, batch), (logp, old_logp, entropy)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, base=None):
     (loss, (logp, old_logp, entropy)), grads = jax.value_and_grad(
       loss_fn, has_aux=True
-    )(state.params, batch)
+    )(state.params, batch, base)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient leaves the state as it was (the host then
@@ -217,12 +232,15 @@ def make_train_step(
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=(0,))
-  state_sh = state_shardings(model, optimizer, mesh)
+  state_sh = state_shardings(model, optimizer, mesh, lora)
   rows = parallel.batch_sharding(mesh, 1)
+  in_sh = (state_sh, batch_shardings(mesh, model))
+  if lora is not None:
+    in_sh += (parallel.param_shardings(model, mesh)['transformer'],)
   return parallel.mesh_jit(
     train_step,
     mesh,
-    in_shardings=(state_sh, batch_shardings(mesh, model)),
+    in_shardings=in_sh,
     out_shardings=(state_sh, parallel.replicated(mesh), rows),
     donate_argnums=(0,),
   )
@@ -233,7 +251,7 @@ def batch_shardings(mesh: Mesh, model: NextScaleModel) -> dict:
   weights [L] and the scalar on_policy replicated."""
   ndim = {
     'inputs': 3,
-    'tokens': 2,
+    'tokens': 2 + len(model.dist.token_shape),
     'old_logp': 2,
     'ref_logp': 2,
     'advantages': 1,
@@ -248,11 +266,18 @@ def batch_shardings(mesh: Mesh, model: NextScaleModel) -> dict:
   )
 
 
-def state_shardings(model: NextScaleModel, optimizer, mesh: Mesh) -> TrainState:
-  """Shardings of the `TrainState`: params by the logical rules, the optimizer's
-  moments like their params, counts replicated."""
-  params = jax.eval_shape(model.init_boxed, jax.random.key(0))['transformer']
-  shardings = nn.unbox(parallel.logical_shardings(mesh, params))
+def state_shardings(
+  model: NextScaleModel, optimizer, mesh: Mesh, lora: lora_lib.Lora | None = None
+) -> TrainState:
+  """Shardings of the `TrainState`: params (the transformer's, or with
+  ``lora`` the adapters) by the logical rules, the optimizer's moments like
+  their params, counts replicated."""
+  if lora is None:
+    params = jax.eval_shape(model.init_boxed, jax.random.key(0))['transformer']
+    shardings = nn.unbox(parallel.logical_shardings(mesh, params))
+  else:
+    params = jax.eval_shape(lora.init_boxed, jax.random.key(0))
+    shardings = lora.shardings(mesh)
   params = nn.unbox(params)
   abstract = jax.eval_shape(lambda p: init_state(p, optimizer), params)
   return TrainState(

@@ -29,7 +29,10 @@ counters (``ocr/*``).
 
 Everything runs on the device mesh of ``config.mesh`` (`varrl_jax.parallel`):
 parameters and optimizer state sharded by the logical rules, batch rows over
-('data', 'fsdp'). With several processes every host runs this same loop on
+('data', 'fsdp'). With LoRA (``config.rl.lora.rank > 0``, `rl.lora`) the
+trainable state is the adapters, the KL reference is the base params held
+once, and each rollout samples with ``lora.merge(base, adapters)``, merged
+once per update. With several processes every host runs this same loop on
 the same prompts; host arrays (prompts, advantages, masks) are identical in
 all of them and each process contributes its shards.
 """
@@ -43,12 +46,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from varrl_jax import checkpoint, parallel
+from varrl_jax import checkpoint, fs, parallel
 from varrl_jax.data import prompt_sources
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rewards import api as reward_api
 from varrl_jax.rl import grpo, masks, panw, rollout, vmr
+from varrl_jax.rl import lora as lora_lib
 from varrl_jax.sampling import Sampler
 
 MODES = {
@@ -129,22 +133,38 @@ class Trainer:
     self.sampler = Sampler(model, self.opts, mesh=self.mesh)
     shardings = parallel.param_shardings(model, self.mesh)
     self.tokenizer_params = parallel.put(params['tokenizer'], shardings['tokenizer'])
+    # None at rank 0: full fine-tuning, no adapter is built.
+    self.lora = lora_lib.from_config(config.rl.lora, model)
     # The frozen reference of the KL term: the initial policy (a copy: the
-    # step donates the state, and the caller keeps its params).
+    # step donates the state, and the caller keeps its params). With LoRA it
+    # is the base the adapters sit on, never donated: no copy.
     self.ref_params = parallel.put(
-      params['transformer'], shardings['transformer'], copy=True
+      params['transformer'], shardings['transformer'], copy=self.lora is None
     )
     # Checked on resume: a train state only continues the run of its reference.
     self.ref_fingerprint = checkpoint.fingerprint(self.ref_params)
     self.optimizer = grpo.make_optimizer(config.rl)
-    self.state_shardings = grpo.state_shardings(model, self.optimizer, self.mesh)
+    self.state_shardings = grpo.state_shardings(
+      model, self.optimizer, self.mesh, self.lora
+    )
     # The optimizer state is created sharded (never whole on one device).
     init = jax.jit(
       lambda p: grpo.init_state(p, self.optimizer), out_shardings=self.state_shardings
     )
-    self.state = init(
-      parallel.put(params['transformer'], shardings['transformer'], copy=True)
-    )
+    if self.lora is None:
+      self._base = ()
+      self.state = init(
+        parallel.put(params['transformer'], shardings['transformer'], copy=True)
+      )
+    else:
+      self._base = (self.ref_params,)
+      self.state = init(lora_lib.init_from_config(self.lora, config.seed, self.mesh))
+      self._merge = parallel.mesh_jit(
+        self.lora.merge,
+        self.mesh,
+        in_shardings=(shardings['transformer'], self.lora.shardings(self.mesh)),
+        out_shardings=shardings['transformer'],
+      )
     self.step_fn = grpo.make_train_step(
       model,
       self.opts,
@@ -152,6 +172,7 @@ class Trainer:
       self.optimizer,
       self.method.alpha,
       mesh=self.mesh,
+      lora=self.lora,
     )
     self.logprob_fn = grpo.make_logprob_fn(model, self.opts, mesh=self.mesh)
     self.inputs_fn = parallel.mesh_jit(
@@ -177,7 +198,30 @@ class Trainer:
 
   @property
   def params(self) -> dict:
-    return {'tokenizer': self.tokenizer_params, 'transformer': self.state.params}
+    """The policy's params; with LoRA the base with the adapters merged (a
+    new transformer-sized buffer on every call)."""
+    if self.lora is None:
+      return {'tokenizer': self.tokenizer_params, 'transformer': self.state.params}
+    merged = self._merge(self.ref_params, self.state.params)
+    return {'tokenizer': self.tokenizer_params, 'transformer': merged}
+
+  def checkpoint_parts(self) -> tuple[dict, dict]:
+    """(parts, manifest entries) of a parameter checkpoint of the policy:
+    the merged params, and with LoRA also the adapters (part 'lora') and
+    how to rebuild them (`checkpoint.save_params`, `export --lora`)."""
+    if self.lora is None:
+      return self.params, {}
+    lc = self.config.rl.lora
+    record = {
+      'rank': self.lora.rank,
+      'alpha': self.lora.alpha,
+      'targets': lc.targets,
+      # '' after a random init: such adapters are only usable merged.
+      'base': fs.resolve(base) if (base := self.config.init_checkpoint) else '',
+      'base_fingerprint': self.ref_fingerprint,
+      'fingerprint_version': checkpoint.FINGERPRINT_VERSION,
+    }
+    return dict(self.params, lora=self.state.params), {'lora': record}
 
   def rollout(self, prompts, key) -> rollout.Rollout:
     rl = self.config.rl
@@ -283,7 +327,7 @@ class Trainer:
     """``config.rl.inner_updates`` GRPO steps on one batch; metrics of the last."""
     metrics = {}
     for inner in range(self.config.rl.inner_updates):
-      self.state, metrics, logp = self.step_fn(self.state, batch)
+      self.state, metrics, logp = self.step_fn(self.state, batch, *self._base)
       if inner == 0:
         batch = dict(batch, old_logp=logp, on_policy=self._replicated(np.float32(0.0)))
     return jax.device_get(metrics)
