@@ -15,7 +15,7 @@ bytes); this adds the roofline summary per program and per chip:
     t_memory  = bytes_XLA / HBM bandwidth
     roofline  = max(t_compute, t_memory)
 
-FLOPs_model is `aot.train_flops` / `aot.sample_flops` (XLA counts a scanned
+FLOPs_model is `models.flops.train_flops` / `sample_flops` (XLA counts a scanned
 layer once and sees nothing inside Pallas kernels); XLA's bytes are a lower
 bound, so the roofline is optimistic. Second-to-last line: the GRPO step's
 per-chip HBM (program + resident reference parameters) over the chip's

@@ -38,7 +38,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from varrl_jax import aot, cli, sampling
+from varrl_jax import cli, sampling
+from varrl_jax.models import flops
 from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
@@ -192,7 +193,7 @@ def main(argv):
   )
   print(f'matmul peak (2048^3 f32, this run): {peak / 1e9:.1f} GFLOP/s')
   rows = 2 * batch if opts.uses_uncond else batch
-  model_flops = aot.sample_flops(model.dims, rows)
+  model_flops = flops.sample_flops(model.dims, rows)
   print(
     f'model FLOPs per call (matmuls and visible attention, {rows} rows): '
     f'{model_flops / 1e9:.1f} GFLOP'

@@ -43,6 +43,7 @@ from varrl_jax.models.infinity import presets as infinity_presets
 
 SCALES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 48, 64)
 MODELS = ('nextflow_like', 'infinity_2b', 'infinity_8b')
+MICROBATCHES = {'infinity_2b': 4, 'infinity_8b': 2}
 
 
 def nextflow_like():
@@ -87,6 +88,12 @@ def infinity(model: str, resolution: int = 1024):
   sampler, bfloat16 activations (float32 weights and optimizer), every layer
   rematerialised, splash attention (10,521 tokens at 1024^2)."""
   config = infinity_presets.official_config(model, resolution)
+  # The GRPO step runs its 256 sequences (512 rows with the CFG branch) in
+  # micro-batches whose gradients add up: at 1024^2 the 2B needs 4 on v5p-32
+  # (63.6 of 95 GiB per chip; 120 GiB with 2), the 8B 2 on v5p-128 (60.4
+  # GiB; 115 GiB with 1): python -m varrl_jax.aot, README. Fewer fit on
+  # larger slices (--config.rl.train_microbatches=1 is one pass).
+  config.rl.train_microbatches = MICROBATCHES[model] if resolution == 1024 else 1
   config.tokenizer.dtype = 'bfloat16'
   config.model.dtype = 'bfloat16'
   config.model.param_dtype = 'float32'

@@ -115,7 +115,8 @@ def test_compilation_cache_is_written_then_hit(tmp_path):
     (
       ['--config.rl.rewards=ocr:0.5,jpeg'],
       "error: config.rl.rewards='ocr:0.5,jpeg': 'jpeg': unknown reward 'jpeg' "
-      '(known rewards: jpeg_compressibility, jpeg_incompressibility, ocr',
+      '(known rewards: clipscore, jpeg_compressibility, jpeg_incompressibility, '
+      'ocr, preference; your own: MODULE:ATTR[:WEIGHT])',
     ),
     (
       ['--config.rl.prompts=classes:1,x'],

@@ -52,7 +52,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli, parallel
-from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import flops
 from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import batch_check
@@ -61,10 +61,12 @@ from varrl_jax.rl import batch_check
 # tests do) next to another CLI module must not define --config twice.
 _CONFIG = None
 _TOPOLOGY = None
+_PROGRAMS = None
+PROGRAMS = ('train_step', 'sample')
 
 
 def _define_flags():
-  global _CONFIG, _TOPOLOGY
+  global _CONFIG, _TOPOLOGY, _PROGRAMS
   _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file.', lock_config=True
   )
@@ -73,6 +75,12 @@ def _define_flags():
     None,
     'TPU slice: v5p-N (N TensorCores, 2 per chip), v5e-N / v6e-N (N chips), '
     'or a libtpu name like v5p:4x4x4.',
+  )
+  _PROGRAMS = flags.DEFINE_multi_enum(
+    'programs',
+    list(PROGRAMS),
+    PROGRAMS,
+    'Which programs to compile (repeat the flag; default both).',
   )
 
 
@@ -239,8 +247,9 @@ def _compile(jitted, *args):
   return compiled, error, time.perf_counter() - t0
 
 
-def compile_programs(config, mesh) -> Iterator[Program]:
-  """Lowers and compiles the train step, then the sampler, for ``mesh``."""
+def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
+  """Lowers and compiles the train step, then the sampler, for ``mesh``
+  (those named in ``programs``)."""
   from varrl_jax.rl import grpo
   from varrl_jax.rl import lora as lora_lib
   from varrl_jax.rl.loop import Method
@@ -311,17 +320,21 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     lora=lora,
   )
   with parallel.mesh_context(mesh):
-    compiled, error, seconds = _compile(step, abstract_state, batch, *step_args)
+    if 'train_step' in programs:
+      compiled, error, seconds = _compile(step, abstract_state, batch, *step_args)
   lora_what = '' if lora is None else f', LoRA rank {lora.rank}'
-  yield Program(
-    'train_step',
-    f'GRPO update, {b} sequences{rows} x {t_t + n:,} tokens{lora_what}',
-    compiled,
-    error,
-    *step_resident,
-    seconds,
-    train_flops(dims, 2 * b if cfg_rows else b, sched.num_scales) / mesh.size,
-  )
+  micro = rl.train_microbatches
+  lora_what += f', {micro} micro-batches' if micro > 1 else ''
+  if 'train_step' in programs:
+    yield Program(
+      'train_step',
+      f'GRPO update, {b} sequences{rows} x {t_t + n:,} tokens{lora_what}',
+      compiled,
+      error,
+      *step_resident,
+      seconds,
+      flops.train_flops(dims, 2 * b if cfg_rows else b, sched.num_scales) / mesh.size,
+    )
 
   sb = rl.prompts_per_update // rl.rollout_chunks * rl.group_size
   sampler = Sampler(model, opts)
@@ -331,6 +344,8 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     _cond_input(mesh, model, sb),
     jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
   )
+  if 'sample' not in programs:
+    return
   with parallel.mesh_context(mesh):
     compiled, error, seconds = _compile(sampler.program('sample'), *args)
   srows = f' ({2 * sb} rows with CFG)' if opts.uses_uncond else ''
@@ -342,7 +357,7 @@ def compile_programs(config, mesh) -> Iterator[Program]:
     error,
     *sample_resident,
     seconds,
-    sample_flops(dims, 2 * sb if opts.uses_uncond else sb) / mesh.size,
+    flops.sample_flops(dims, 2 * sb if opts.uses_uncond else sb) / mesh.size,
   )
 
 
@@ -358,56 +373,6 @@ class Fit:
   @property
   def ok(self) -> bool:
     return self.hbm_gib <= self.capacity_gib
-
-
-# -- model FLOPs ----------------------------------------------------------------
-# XLA's cost analysis counts the body of a loop once (the scan over layers)
-# and sees nothing inside Pallas kernels, so the compute term of the roofline
-# uses the model's own count: matmuls of every layer, attention over the
-# visible keys only, the vocabulary head on image tokens.
-
-
-def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
-  """FLOPs of one forward pass of one row: queries at positions
-  [first, first + num_queries) against the keys before them (block-causal);
-  ``head``: the vocabulary head on the image tokens among them. ``cfg`` is
-  the family's `TransformerDims` (per-row AdaLN projections are not
-  counted: one matmul per row, not per token)."""
-  d, h, g, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  per_token = 2 * d * (h + 2 * g) * hd + 2 * h * hd * d
-  per_token += 2 * cfg.mlp_mats * d * cfg.mlp_dim
-  keys = cfg.segments(0, first + num_queries)
-  queries = cfg.segments(first, num_queries)
-  visible = float((attn_lib.last_visible_key(queries, keys) + 1).sum())
-  flops = cfg.num_layers * (num_queries * per_token + 4 * h * hd * visible)
-  if cfg.cross_len:  # cross-attention: q and out projections, scores, values
-    cross = 4 * d * h * hd + 4 * h * hd * cfg.cross_len
-    flops += cfg.num_layers * num_queries * cross
-  return flops + (2 * d * cfg.vocab_size * int((queries > 0).sum()) if head else 0.0)
-
-
-def train_flops(cfg, rows: int, num_scales: int) -> float:
-  """Forward, backward (2x) and, with remat, the recomputed forward."""
-  n = cfg.prefix_len + int(cfg.schedule.offsets[num_scales])
-  fwd = rows * (pass_flops(cfg, 0, n, head=True) + cross_kv_flops(cfg))
-  return fwd * (3 + (cfg.remat != 'none'))
-
-
-def cross_kv_flops(cfg) -> float:
-  """Keys and values of the cross-attention memory, once per row."""
-  return cfg.num_layers * 4 * cfg.cross_len * cfg.d_model * cfg.num_heads * cfg.head_dim
-
-
-def sample_flops(cfg, rows: int) -> float:
-  """Prefill, then every scale against the KV cache."""
-  sched = cfg.schedule
-  flops = pass_flops(cfg, 0, cfg.prefix_len, head=False) if cfg.prefix_len else 0.0
-  flops += cross_kv_flops(cfg)
-  for s in range(sched.num_scales):
-    flops += pass_flops(
-      cfg, cfg.prefix_len + int(sched.offsets[s]), int(sched.counts[s]), True
-    )
-  return rows * flops
 
 
 def _cost(compiled) -> tuple[float, float]:
@@ -461,9 +426,9 @@ def report(program: Program, chip: Chip, mesh, topology: str) -> Fit:
   return Fit(program.name, hbm, chip.hbm_gib)
 
 
-def run(config, topology: str) -> bool:
-  """Compiles both programs for ``topology``, prints the tables and the
-  verdict; returns whether everything fits."""
+def run(config, topology: str, programs=PROGRAMS) -> bool:
+  """Compiles ``programs`` (default both) for ``topology``, prints the tables
+  and the verdict; returns whether everything fits."""
   chip, name, devices = tpu_devices(topology)
   mesh = parallel.make_mesh(config.mesh, devices)
   batch_check.check_batches(
@@ -475,7 +440,7 @@ def run(config, topology: str) -> bool:
     f'remat={config.model.remat}'
   )
   fits = []
-  for program in compile_programs(config, mesh):
+  for program in compile_programs(config, mesh, tuple(programs)):
     fits.append(report(program, chip, mesh, topology))
     sys.stdout.flush()
   ok = all(f.ok for f in fits)
@@ -491,7 +456,7 @@ def main(argv):
   # Nothing here runs on a local accelerator: keep JAX on the host CPU (and
   # off a TPU that a training job on this VM may hold).
   jax.config.update('jax_platforms', 'cpu')
-  ok = cli.run_reporting_errors(run, _CONFIG.value, _TOPOLOGY.value)
+  ok = cli.run_reporting_errors(run, _CONFIG.value, _TOPOLOGY.value, _PROGRAMS.value)
   sys.exit(0 if ok else 1)
 
 

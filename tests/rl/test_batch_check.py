@@ -79,3 +79,15 @@ def test_tensor_axis_rows_need_only_the_data_axes():
   c = _config(p=2, g=1, chunks=1, data=2, fsdp=1, eval_bs=2)
   c.mesh.tensor = 4
   assert batch_check.check_batches(c, 8, 4).data_devices == 2
+
+
+def test_micro_batches_must_divide_over_devices():
+  c = base_config()
+  c.rl.prompts_per_update, c.rl.group_size, c.rl.rollout_chunks = 4, 4, 2
+  c.rl.train_microbatches = 2
+  batch_check.check_batches(c, 8, 1)  # 16 rows / 2 = 8 per micro-batch
+  c.rl.train_microbatches = 4
+  with pytest.raises(
+    ValueError, match=r'= 16 rows does not split into config\.rl\.train_microbatches=4'
+  ):
+    batch_check.check_batches(c, 8, 1)

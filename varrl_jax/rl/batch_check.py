@@ -8,10 +8,12 @@ K = 1 in 'vanilla' mode), in C equal chunks (``config.rl.rollout_chunks``):
   rows per sampler call        S = (P / C) G         prefix / full-horizon call
   rows of the branch call      S K
   rows of the GRPO step        P G (prefix phase, full) or P G K (suffix)
+  rows of one micro-batch      P G / M  (M = ``config.rl.train_microbatches``)
 
 Every row batch is split over the mesh's data axes, D = data x fsdp devices
 (`parallel.batch_sharding`); all of them are multiples of S, so S % D == 0
-is the one device condition. The processes need none of their own: each
+is the one device condition for sampling; the GRPO step's micro-batches
+need P G / M % D == 0 (then P G K / M divides too). The processes need none of their own: each
 holds whole row blocks of the data axes or replicas of them
 (`distributed.local_rows`), so a batch that divides over D is shared by
 the processes however they split the mesh. The held-out evaluation samples
@@ -44,6 +46,7 @@ _POSITIVE = (
   'rl.rollout_chunks',
   'rl.vmr.num_branches',
   'eval.batch_size',
+  'rl.train_microbatches',
 )
 
 
@@ -95,6 +98,13 @@ def check_batches(
       f'rollout chunk of config.rl.prompts_per_update={p} / '
       f'config.rl.rollout_chunks={c} x config.rl.group_size={g} = {s} rows does '
       f'not divide over {mesh} (of {num_devices} in {num_processes} processes)'
+    )
+  m = rl.train_microbatches
+  if (p * g) % (m * d):
+    raise ValueError(
+      f'GRPO step of config.rl.prompts_per_update={p} x config.rl.group_size={g} '
+      f'= {p * g} rows does not split into config.rl.train_microbatches={m} '
+      f'micro-batches that divide over {mesh}'
     )
   if config.eval.batch_size % d:
     raise ValueError(

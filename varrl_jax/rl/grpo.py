@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from varrl_jax import parallel
 from varrl_jax import policy as policy_lib
@@ -92,10 +92,16 @@ class TrainState:
 class GrpoHParams:
   clip_eps: float = 0.2
   kl_beta: float = 0.04
+  # Rows of a step processed in this many sequential micro-batches whose
+  # gradients add up (same update; activations of 1/k of the rows at a time).
+  microbatches: int = 1
 
   @classmethod
   def from_config(cls, rl: ml_collections.ConfigDict) -> GrpoHParams:
-    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta))
+    k = int(rl.train_microbatches)
+    if k < 1:
+      raise ValueError(f'config.rl.train_microbatches must be >= 1, got {k}')
+    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta), microbatches=k)
 
 
 def make_optimizer(rl: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -186,10 +192,64 @@ def make_train_step(
     )
     return reduce(logp, old_logp, batch), (logp, old_logp, entropy)
 
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated(params, batch, base):
+    """`grad_fn` over ``hp.microbatches`` strided row blocks (row r goes to
+    block r mod k, so every block spans every device's rows). The loss is a
+    mean over rows of per-row sums, so the mean of the blocks' losses and
+    gradients is the full batch's."""
+    k = hp.microbatches
+    rows = batch['advantages'].shape[0]
+    if rows % k:
+      raise ValueError(
+        f'{rows} rows do not split into config.rl.train_microbatches={k}'
+      )
+    shared = {'weights', 'on_policy'}
+    split = {
+      key: jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(rows // k, k, *x.shape[1:]), 0, 1), v
+      )
+      for key, v in batch.items()
+      if key not in shared
+    }
+
+    if mesh is not None:
+      # Keep every micro-batch's rows spread over the data axes (the
+      # propagation through the strided reshape need not find it).
+      split = jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(
+          x, NamedSharding(mesh, PartitionSpec(None, ('data', 'fsdp')))
+        ),
+        split,
+      )
+
+    def body(acc, part):
+      if mesh is not None:
+        part = jax.tree.map(
+          lambda x: jax.lax.with_sharding_constraint(
+            x, parallel.batch_sharding(mesh, x.ndim)
+          ),
+          part,
+        )
+      micro = dict(part, **{key: batch[key] for key in shared})
+      (loss, aux), grads = grad_fn(params, micro, base)
+      acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
+      return acc, (loss, aux)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    total, (losses, aux) = jax.lax.scan(body, zeros, split)
+    grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), total, params)
+    # [k, B/k, ...] back to the rows' order.
+    aux = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(rows, *x.shape[2:]), aux)
+    return (losses.mean(), aux), grads
+
   def train_step(state: TrainState, batch, base=None):
-    (loss, (logp, old_logp, entropy)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True
-    )(state.params, batch, base)
+    if hp.microbatches > 1:
+      out = accumulated(state.params, batch, base)
+    else:
+      out = grad_fn(state.params, batch, base)
+    (loss, (logp, old_logp, entropy)), grads = out
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient leaves the state as it was (the host then
