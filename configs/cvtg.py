@@ -144,6 +144,15 @@ def paper_rl(config):
   return config
 
 
+def infinity_config(model: str, arg=None):
+  """``configs/<model>.py[:SIZE]``: `infinity` at SIZE (1024, 512 or 256)
+  with `paper_rl`."""
+  sizes = ('1024', '512', '256')
+  if (arg or '1024') not in sizes:
+    raise ValueError(f'configs/{model}.py:{arg}: expected one of {", ".join(sizes)}')
+  return paper_rl(infinity(model, int(arg or 1024)))
+
+
 def get_config(arg=None):
   model = arg or 'nextflow_like'
   if model not in MODELS:

@@ -46,10 +46,4 @@ def _cvtg():
 
 
 def get_config(arg=None):
-  sizes = ('1024', '512', '256')
-  if (arg or '1024') not in sizes:
-    raise ValueError(
-      f'configs/infinity_2b.py:{arg}: expected one of {", ".join(sizes)}'
-    )
-  cvtg = _cvtg()
-  return cvtg.paper_rl(cvtg.infinity('infinity_2b', int(arg or 1024)))
+  return _cvtg().infinity_config('infinity_2b', arg)

@@ -50,10 +50,4 @@ def _cvtg():
 
 
 def get_config(arg=None):
-  sizes = ('1024', '512', '256')
-  if (arg or '1024') not in sizes:
-    raise ValueError(
-      f'configs/infinity_8b.py:{arg}: expected one of {", ".join(sizes)}'
-    )
-  cvtg = _cvtg()
-  return cvtg.paper_rl(cvtg.infinity('infinity_8b', int(arg or 1024)))
+  return _cvtg().infinity_config('infinity_8b', arg)

@@ -254,6 +254,37 @@ def check_images(images, image_size: tuple[int, int]) -> None:
     )
 
 
+def check_modes(model_config: ml_collections.ConfigDict) -> None:
+  """``config.model.remat`` and ``.attention`` are ones every family has."""
+  mc = model_config
+  if mc.attention not in ('plain', 'splash'):
+    raise ValueError(
+      f"config.model.attention must be 'plain' or 'splash', got {mc.attention!r}"
+    )
+  if mc.remat not in ('none', 'full', 'dots'):
+    raise ValueError(
+      f"config.model.remat must be 'none', 'full' or 'dots', got {mc.remat!r}"
+    )
+
+
+def vae_channels(tc: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
+  """(ch, ch_mult) of an official VAE from ``config.tokenizer.channels``
+  (ch x ch_mult, one level per halving of ``downsample``)."""
+  channels = tuple(int(c) for c in tc.channels)
+  ch = channels[0]
+  if any(c % ch for c in channels):
+    raise ValueError(
+      f'config.tokenizer.channels={channels}: every level must be a multiple of '
+      'the first (their ch x ch_mult)'
+    )
+  if 2 ** (len(channels) - 1) != tc.downsample:
+    raise ValueError(
+      f'config.tokenizer.channels has {len(channels)} levels, which downsample by '
+      f'{2 ** (len(channels) - 1)}, but config.tokenizer.downsample={tc.downsample}'
+    )
+  return ch, tuple(c // ch for c in channels)
+
+
 def sample_scan_unroll(config: ml_collections.ConfigDict, num_layers: int) -> int:
   """Layers per scan iteration in the sampler's steps: ``model.sample_scan_unroll``,
   where 0 means ``model.scan_unroll`` and -1 every layer."""

@@ -34,6 +34,7 @@ import numpy as np
 from varrl_jax import parallel
 from varrl_jax.models import attention as attn_lib
 from varrl_jax.models import text as text_lib
+from varrl_jax.models.family import check_modes
 from varrl_jax.models.schedule import ScaleSchedule
 
 Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: [layers, B, T_t + L, G, D]
@@ -339,14 +340,7 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
       f'config.model.num_heads={mc.num_heads} must be a multiple of '
       f'config.model.num_kv_heads={mc.num_kv_heads}'
     )
-  if mc.remat not in ('none', 'full', 'dots'):
-    raise ValueError(
-      f"config.model.remat must be 'none', 'full' or 'dots', got {mc.remat!r}"
-    )
-  if mc.attention not in ('plain', 'splash'):
-    raise ValueError(
-      f"config.model.attention must be 'plain' or 'splash', got {mc.attention!r}"
-    )
+  check_modes(mc)
   return TransformerConfig(
     schedule=schedule,
     vocab_size=config.tokenizer.codebook_size,

@@ -305,18 +305,7 @@ def _int_or(value: Any, default: int) -> int:
 def build(config: ml_collections.ConfigDict) -> InfinityFamilyModel:
   """Validates ``config.model.infinity`` / ``config.tokenizer``; builds modules."""
   ic, tc, mc = config.model.infinity, config.tokenizer, config.model
-  channels = tuple(int(c) for c in tc.channels)
-  ch = channels[0]
-  if any(c % ch for c in channels):
-    raise ValueError(
-      f'config.tokenizer.channels={channels}: every level must be a multiple of '
-      'the first (their ch x ch_mult)'
-    )
-  if 2 ** (len(channels) - 1) != tc.downsample:
-    raise ValueError(
-      f'config.tokenizer.channels has {len(channels)} levels, which downsample by '
-      f'{2 ** (len(channels) - 1)}, but config.tokenizer.downsample={tc.downsample}'
-    )
+  ch, ch_mult = family_lib.vae_channels(tc)
   patchify = bool(ic.spatial_patchify)
   stride = int(tc.downsample) * (2 if patchify else 1)
   schedule = ScaleSchedule.create(config.scales, config.image_size, stride)
@@ -336,14 +325,7 @@ def build(config: ml_collections.ConfigDict) -> InfinityFamilyModel:
       )
   else:
     sizes = dict(depth=0, embed_dim=0, num_heads=0)
-  if mc.remat not in ('none', 'full', 'dots'):
-    raise ValueError(
-      f"config.model.remat must be 'none', 'full' or 'dots', got {mc.remat!r}"
-    )
-  if mc.attention not in ('plain', 'splash'):
-    raise ValueError(
-      f"config.model.attention must be 'plain' or 'splash', got {mc.attention!r}"
-    )
+  family_lib.check_modes(mc)
   depth = _int_or(ic.depth, sizes['depth'])
   embed_dim = _int_or(ic.embed_dim, sizes['embed_dim'])
   num_heads = _int_or(ic.num_heads, sizes['num_heads'])
@@ -379,7 +361,7 @@ def build(config: ml_collections.ConfigDict) -> InfinityFamilyModel:
   tokenizer = vae_lib.BSQVAE(
     codebook_dim=int(tc.latent_dim),
     ch=ch,
-    ch_mult=tuple(c // ch for c in channels),
+    ch_mult=ch_mult,
     num_res_blocks=int(tc.num_res_blocks),
     patch_size=int(tc.downsample),
     apply_spatial_patchify=patchify,

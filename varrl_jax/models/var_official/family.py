@@ -173,18 +173,7 @@ def build(config: ml_collections.ConfigDict) -> VarFamilyModel:
   """Validates ``config.model.var`` / ``config.tokenizer`` and builds the modules."""
   mc, tc = config.model.var, config.tokenizer
   schedule = ScaleSchedule.create(config.scales, config.image_size, tc.downsample)
-  channels = tuple(int(c) for c in tc.channels)
-  ch = channels[0]
-  if any(c % ch for c in channels):
-    raise ValueError(
-      f'config.tokenizer.channels={channels}: every level must be a multiple of '
-      f'the first (their ch x ch_mult)'
-    )
-  if 2 ** (len(channels) - 1) != tc.downsample:
-    raise ValueError(
-      f'config.tokenizer.channels has {len(channels)} levels, which downsample by '
-      f'{2 ** (len(channels) - 1)}, but config.tokenizer.downsample={tc.downsample}'
-    )
+  ch, ch_mult = family_lib.vae_channels(tc)
   if ch % 32:
     raise ValueError(
       f'config.tokenizer.channels[0]={ch}: GroupNorm(32) needs a multiple of 32'
@@ -198,19 +187,12 @@ def build(config: ml_collections.ConfigDict) -> VarFamilyModel:
       f'multiple of num_heads={num_heads}'
     )
   mcommon = config.model
-  if mcommon.attention not in ('plain', 'splash'):
-    raise ValueError(
-      f"config.model.attention must be 'plain' or 'splash', got {mcommon.attention!r}"
-    )
-  if mcommon.remat not in ('none', 'full', 'dots'):
-    raise ValueError(
-      f"config.model.remat must be 'none', 'full' or 'dots', got {mcommon.remat!r}"
-    )
+  family_lib.check_modes(mcommon)
   tokenizer = vq_lib.VarVQVAE(
     vocab_size=int(tc.codebook_size),
     z_channels=int(tc.latent_dim),
     ch=ch,
-    ch_mult=tuple(c // ch for c in channels),
+    ch_mult=ch_mult,
     num_res_blocks=int(tc.num_res_blocks),
     share_quant_resi=int(tc.phi_count),
     quant_resi=float(tc.phi_ratio),
