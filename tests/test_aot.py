@@ -114,3 +114,25 @@ def test_var_family_compiles_for_v5p_8():
   lines = proc.stdout.strip().splitlines()
   assert lines[-1].startswith('fit: yes (train_step '), lines[-1]
   assert 'x 680 tokens' in proc.stdout  # no prompt prefix: image tokens only
+
+
+@pytest.mark.skipif(
+  not HAS_LIBTPU, reason='libtpu not installed: pip install -e ".[tpu]"'
+)
+def test_infinity_lora_micro_batched_step_compiles_alone():
+  """The infinity family (configs/infinity_2b.py at 256^2, two of its 32
+  layers: the real width, text and bit head) with LoRA and 2 micro-batches;
+  ``--programs=train_step`` compiles the step only."""
+  proc = _run(
+    '--config=configs/infinity_2b.py:256',
+    '--topology=v5p-8',
+    '--programs=train_step',
+    '--config.model.infinity.depth=2',
+    '--config.rl.lora.rank=4',
+    '--config.rl.train_microbatches=2',
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out = proc.stdout
+  assert 'x 521 tokens, LoRA rank 4, 2 micro-batches' in out, out
+  assert '== sample' not in out
+  assert out.strip().splitlines()[-1].startswith('fit: yes (train_step '), out
