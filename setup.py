@@ -31,6 +31,8 @@ CORE = [
   'rapidfuzz==3.14.6',
   # The Flan-T5 tokenizer of the Infinity family (models/t5_tokenizer.py).
   'sentencepiece==0.2.3',
+  # The CLIP tokenizer's pre-tokenisation pattern (\p{L}, \p{N} classes).
+  'regex==2026.12.2',
 ]
 
 OCR = [

@@ -133,6 +133,6 @@ def test_infinity_lora_micro_batched_step_compiles_alone():
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   out = proc.stdout
-  assert 'x 521 tokens, LoRA rank 4, 2 micro-batches' in out, out
+  assert 'x 521 tokens, LoRA rank 4, 4 micro-batches of 128 sequences' in out, out
   assert '== sample' not in out
   assert out.strip().splitlines()[-1].startswith('fit: yes (train_step '), out

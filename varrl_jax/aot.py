@@ -9,8 +9,9 @@ laid over them and the two device programs of an RL update are lowered with
 abstract, sharded inputs (`jax.ShapeDtypeStruct`: no parameter is ever
 allocated) and compiled by the real TPU compiler:
 
-- ``train_step``: the GRPO step (`rl.grpo.make_train_step`) on a batch of
-  ``rl.prompts_per_update x rl.group_size`` sequences of the full length;
+- ``train_step``: the GRPO step (`rl.grpo.make_train_step`) on its largest
+  batch, ``rl.prompts_per_update x rl.group_size`` sequences of the full
+  length, times K (``rl.vmr.num_branches``) for the suffix steps of VMR;
 - ``sample``: the KV-cached sampler (`Sampler.program('sample')`) on one
   rollout chunk, ``rl.prompts_per_update / rl.rollout_chunks x group_size``
   prompts.
@@ -293,7 +294,9 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
     )
 
   sched, dims = model.schedule, model.dims
-  b = rl.prompts_per_update * rl.group_size
+  # The largest step of an update: a suffix step trains all P G K rows.
+  branches = 1 if rl.mode == 'vanilla' else rl.vmr.num_branches
+  b = rl.prompts_per_update * rl.group_size * branches
   n, t_t, c = sched.num_tokens, dims.prefix_len, model.input_dim
   f32 = jnp.float32
   batch = {
@@ -323,8 +326,9 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
     if 'train_step' in programs:
       compiled, error, seconds = _compile(step, abstract_state, batch, *step_args)
   lora_what = '' if lora is None else f', LoRA rank {lora.rank}'
-  micro = rl.train_microbatches
-  lora_what += f', {micro} micro-batches' if micro > 1 else ''
+  hp = grpo.GrpoHParams.from_config(rl)
+  if hp.micro_rows:
+    lora_what += f', {b // hp.micro_rows} micro-batches of {hp.micro_rows} sequences'
   if 'train_step' in programs:
     yield Program(
       'train_step',

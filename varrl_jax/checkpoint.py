@@ -426,5 +426,18 @@ class TrainCheckpoints:
       )
     return None
 
+  def latest_record(self) -> dict | None:
+    """The JSON record of the newest step whose record reads (None if none):
+    what a resume checks before restoring a state of another structure."""
+    for step in reversed(self.steps()):
+      try:
+        out = self._manager.restore(
+          step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+        )
+      except Exception:  # an unreadable step: restore_latest reports it
+        continue
+      return dict(out.record)
+    return None
+
   def close(self) -> None:
     self._manager.close()

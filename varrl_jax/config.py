@@ -187,9 +187,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.prompts_per_update = 4  # prompts per rollout batch (paper: 16)
   c.rl.group_size = 4  # G: samples (prefixes) per prompt (paper: 16)
   c.rl.inner_updates = 1  # optimizer steps per rollout batch (old log-probs kept)
-  # Each GRPO step runs its rows in this many sequential micro-batches and
-  # adds their gradients: the same update with 1/k of the activations (for a
-  # model whose step does not fit the chips' memory at once).
+  # M: a GRPO step runs its rows in sequential micro-batches of P G / M rows
+  # (P G: the rows of a prefix-phase step; a suffix step of P G K rows runs
+  # K M of them) and adds their gradients: the same update with the
+  # activations of P G / M rows at a time, for a model whose step does not
+  # fit the chips' memory at once.
   c.rl.train_microbatches = 1
   # Rollouts are sampled in this many equal parts; OCR of a part overlaps the
   # sampling of the next (prompts_per_update must be divisible by it).

@@ -31,7 +31,6 @@ from varrl_jax import images as images_lib
 from varrl_jax.data import synthetic
 from varrl_jax.eval import evaluator, prompt_sets
 from varrl_jax.models.family import build_model
-from varrl_jax.rewards import clip as clip_rewards
 from varrl_jax.rewards.service import make_pool
 from varrl_jax.weights import load_weights
 
@@ -83,6 +82,8 @@ def run(
   print(f'model weights: {weights}')
   clip = None
   if config.rewards.clip.path:
+    from varrl_jax.rewards import clip as clip_rewards
+
     clip = clip_rewards.ClipScore(clip_rewards.embedder_from_config(config, 'clip'))
     print(f'CLIPScore model: {clip.embedder.source}')
   with make_pool(config) as pool:

@@ -5,11 +5,12 @@ r"""Sample images for prompts with the KV-cached sampler and OCR them.
   python -m varrl_jax.sample --config=configs/var.py:16 \
       --config.init_checkpoint=DIR --prompt=207 --prompt=88 --ocr=none
 
-A prompt is whatever the model family conditions on: text for ``varrl``, an
-ImageNet class id for the class-conditional ``var`` family. Writes
-``WORKDIR/samples.png`` (one row per prompt, OCR text under each image) and
-``WORKDIR/samples.npz`` (``tokens`` int32 [N, L], every image's token ids in
-schedule order; ``scale_index`` int32 [L]; ``images`` uint8 [N, H, W, 3];
+A prompt is whatever the model family conditions on: text for ``varrl`` and
+``infinity``, an ImageNet class id for the class-conditional ``var`` family.
+Writes ``WORKDIR/samples.png`` (one row per prompt, OCR text under each
+image) and ``WORKDIR/samples.npz`` (``tokens`` int32 [N, L, *token_shape],
+every image's tokens in schedule order: ids [N, L], or Infinity's bits
+[N, L, d]; ``scale_index`` int32 [L]; ``images`` uint8 [N, H, W, 3];
 ``prompts`` [N]), and prints what the OCR engine read. ``--reconstruct=IMAGE.png``
 instead round-trips an image through the tokenizer (encode to the scales,
 decode) and writes the pair.

@@ -199,11 +199,28 @@ def _run_record(config, trainer, update: int) -> dict:
     'reference_fingerprint': trainer.ref_fingerprint,
     'reference_fingerprint_version': ckpt_lib.FINGERPRINT_VERSION,
     'mode': config.rl.mode,
+    'lora': _lora_record(config),
   }
+
+
+def _lora_record(config) -> dict:
+  lc = config.rl.lora
+  if int(lc.rank) == 0:
+    return {'rank': 0}
+  return {'rank': int(lc.rank), 'alpha': float(lc.alpha), 'targets': str(lc.targets)}
 
 
 def _resume(config, trainer, states) -> int:
   """Restores the newest state into ``trainer``; returns the next update."""
+  latest = states.latest_record()
+  if latest is not None and latest.get('lora', {'rank': 0}) != _lora_record(config):
+    # Another LoRA layout is another train state (or, for alpha alone, another
+    # policy from the same arrays): refuse before restoring anything.
+    raise ckpt_lib.CheckpointError(
+      f'{states.directory}: saved with config.rl.lora {latest.get("lora", {"rank": 0})}, '
+      f'but this run has {_lora_record(config)}; use the same settings, another '
+      '--workdir or --config.checkpoint.resume=False'
+    )
   restored = states.restore_latest(trainer.state)
   if restored is None:
     return 0
@@ -292,9 +309,13 @@ def _check(config, model):
   batch_check.check_batches(config)
   reward_api.parse(config.rl.rewards)
   source = prompt_sources.from_config(config)
-  first = source.batch(0, config.rl.prompts_per_update)
+  if isinstance(source, prompt_sources.TextPrompts):
+    # A finite list: every distinct prompt, so none fails hours into a run.
+    prompts = list(dict.fromkeys(p for p, _ in (*source.train, *source.heldout)))
+  else:
+    prompts = [p for p, _ in source.batch(0, config.rl.prompts_per_update)]
   try:
-    model.encode_prompts([p for p, _ in first])
+    model.check_prompts(prompts)
   except PromptError as e:
     raise PromptError(
       f'config.rl.prompts={config.rl.prompts!r} does not fit the '

@@ -99,6 +99,14 @@ def test_jsonl_blank_lines_bom_and_optional_targets(tmp_path):
       ":3: field 'targets'[1]: expected a string, got number",
     ),
     ('{"prompt": "a", "targets": [""]}', ":3: field 'targets'[0]: empty string"),
+    (
+      '{"prompt": "sign \\ud800"}',
+      ":3: field 'prompt': not valid text (a lone UTF-16 surrogate)",
+    ),
+    (
+      '{"prompt": "a", "targets": ["\\udfff"]}',
+      ":3: field 'targets'[0]: not valid text (a lone UTF-16 surrogate)",
+    ),
   ],
 )
 def test_bad_jsonl_line_is_one_error_naming_file_line_field(tmp_path, line, message):

@@ -156,3 +156,26 @@ def test_the_full_method_trains_through_train(t5_folder, tmp_path, lora_rank):
     }  # fmt: skip
   else:
     assert 'lora' not in manifest['parts']
+
+
+def test_text_encoder_is_found_along_the_checkpoint_lineage(t5_folder, tmp_path):
+  """An RL checkpoint of a run that relied on the converted checkpoint's
+  recorded Flan-T5 folder still finds it (one manifest further back)."""
+  import json
+
+  def manifest(name: str, text_encoder: str, init: str = '') -> str:
+    path = tmp_path / name
+    path.mkdir()
+    config = {'model': {'infinity': {'text_encoder': text_encoder}}}
+    config['init_checkpoint'] = init
+    (path / 'manifest.json').write_text(json.dumps({'parts': [], 'config': config}))
+    return str(path)
+
+  converted = manifest('converted', t5_folder)
+  rl_run = manifest('rl_final', '', init=converted)
+  c = _config('')
+  c.init_checkpoint = rl_run
+  assert build_model(c)._converted_text_encoder() == t5_folder
+  c.init_checkpoint = manifest('orphan', '')
+  with pytest.raises(inf_family.TextEncoderError, match='text_encoder is empty'):
+    build_model(c).encode_prompts(['x'])

@@ -183,16 +183,17 @@ def test_policy_choice_changes_logprobs(toy, policy):
 
 
 def test_micro_batches_give_the_same_update(toy):
-  """train_microbatches = 2 adds the gradients of two strided row blocks: the
-  same loss, gradient, update and per-row log-probs as one pass."""
+  """Micro-batches of 2 rows (train_microbatches = 2 of 4 rows) add the
+  gradients of two strided row blocks: the same loss, gradient, update and
+  per-row log-probs as one pass."""
   config, model, params = toy
   optimizer = grpo.make_optimizer(config.rl)
   batch = _batch(model, params, seed=5)
   # Rows with different advantages and masks, so a wrong split would show.
   batch['mask'] = batch['mask'].at[1, :5].set(0.0)
   outs = []
-  for k in (1, 2):
-    hp = grpo.GrpoHParams(microbatches=k)
+  for micro_rows in (0, 2):
+    hp = grpo.GrpoHParams(micro_rows=micro_rows)
     step = grpo.make_train_step(model, OPTS, hp, optimizer, 0.6)
     outs.append(step(_fresh_state(params, optimizer), batch))
   (s1, m1, l1), (s2, m2, l2) = outs
@@ -201,8 +202,8 @@ def test_micro_batches_give_the_same_update(toy):
   np.testing.assert_allclose(l2, l1, atol=1e-5)
   for x, y in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
     np.testing.assert_allclose(x, y, atol=1e-6)
-  with pytest.raises(ValueError, match='train_microbatches=3'):
+  with pytest.raises(ValueError, match='micro-batches of 3 rows'):
     step3 = grpo.make_train_step(
-      model, OPTS, grpo.GrpoHParams(microbatches=3), optimizer, 0.6
+      model, OPTS, grpo.GrpoHParams(micro_rows=3), optimizer, 0.6
     )
     step3(_fresh_state(params, optimizer), batch)

@@ -290,3 +290,27 @@ def test_rank0_builds_no_adapters(toy, pool, monkeypatch):
     not np.array_equal(x, y)
     for x, y in zip(_leaves(t0.state.params), _leaves(params['transformer']))
   )
+
+
+def test_resume_refuses_other_lora_settings(tmp_path):
+  """A workdir saved with one LoRA layout is not resumed with another (alpha
+  alone would silently change W' from the same arrays)."""
+  from types import SimpleNamespace
+
+  from varrl_jax import train
+
+  trainer = SimpleNamespace(state={'x': jnp.zeros(2)}, ref_fingerprint='digest')
+  saved = base_config()
+  saved.rl.lora.rank = 4
+  states = checkpoint.TrainCheckpoints(str(tmp_path / 'states'), 2)
+  try:
+    states.save(3, trainer.state, train._run_record(saved, trainer, 3))
+    for key, value in (('alpha', 8.0), ('rank', 0), ('rank', 8)):
+      other = base_config()
+      other.rl.lora.rank = 4
+      other.rl.lora[key] = value
+      with pytest.raises(checkpoint.CheckpointError, match=r'config\.rl\.lora'):
+        train._resume(other, trainer, states)
+    assert train._resume(saved, trainer, states) == 3
+  finally:
+    states.close()

@@ -71,8 +71,16 @@ def parse_regions(text: str) -> tuple[int, int]:
   return lo, hi
 
 
+# Vowel letters that sound like a consonant ('a university', 'a one-way
+# sign', 'a European cafe'); our word lists' only exceptions to the rule.
+_CONSONANT_SOUND = ('uni', 'use', 'one', 'eu')
+
+
 def _article(phrase: str) -> str:
-  return 'an' if phrase[0].lower() in 'aeiou' else 'a'
+  p = phrase.lower()
+  if p.startswith(_CONSONANT_SOUND):
+    return 'a'
+  return 'an' if p[0] in 'aeiou' else 'a'
 
 
 def _case(rng: random.Random, words: list[str]) -> str:

@@ -61,7 +61,16 @@ def _check_targets(value: object) -> tuple[str, ...]:
       raise ValueError(f"field 'targets'[{j}]: expected a string, got {_kind(t)}")
     if not t.strip():
       raise ValueError(f"field 'targets'[{j}]: empty string")
+    _check_utf8(t, f"field 'targets'[{j}]")
   return tuple(value)
+
+
+def _check_utf8(text: str, field: str) -> None:
+  # JSON allows lone surrogates ("\ud800"), which no encoder can take.
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError:
+    raise ValueError(f'{field}: not valid text (a lone UTF-16 surrogate)') from None
 
 
 def _check_prompt(value: object) -> str:
@@ -69,6 +78,7 @@ def _check_prompt(value: object) -> str:
     raise ValueError(f"field 'prompt': expected a string, got {_kind(value)}")
   if not value.strip():
     raise ValueError("field 'prompt': empty string")
+  _check_utf8(value, "field 'prompt'")
   return value
 
 
@@ -160,7 +170,11 @@ def read_tfds(
   if name.split(':')[0].split('/')[0] == 'cvtg2k':
     from varrl_jax.data import cvtg_tfds  # noqa: F401  (registers the builder)
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    # Never download or prepare at run time: a dataset not in data_dir is an
+    # error (below), not a download inside a training job.
+    source = tfds.data_source(
+      name, split=split, data_dir=data_dir, download=False, try_gcs=False
+    )
     n = len(source)
   except Exception as e:  # noqa: BLE001  (tfds raises many types; one line out)
     first = str(e).strip().split('\n')[0]

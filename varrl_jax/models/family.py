@@ -124,6 +124,12 @@ class NextScaleModel(abc.ABC):
     """The longest part of ``prompt`` this family can condition on."""
     return prompt
 
+  def check_prompts(self, prompts: Sequence[str]) -> None:
+    """Raises PromptError for the first prompt this family cannot condition
+    on (host only; by default by encoding them in chunks)."""
+    for i in range(0, len(prompts), 1024):
+      self.encode_prompts(list(prompts[i : i + 1024]))
+
   def cond_spec(self, batch: int) -> Cond:
     """Abstract shapes of a cond batch (ShapeDtypeStructs), for AOT."""
     one = self.null_cond(1)

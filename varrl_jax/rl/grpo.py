@@ -92,16 +92,25 @@ class TrainState:
 class GrpoHParams:
   clip_eps: float = 0.2
   kl_beta: float = 0.04
-  # Rows of a step processed in this many sequential micro-batches whose
-  # gradients add up (same update; activations of 1/k of the rows at a time).
-  microbatches: int = 1
+  # Rows per sequential micro-batch of a step, whose gradients add up (the
+  # same update with the activations of micro_rows rows at a time); 0 = one
+  # pass. Fixed in rows, so a suffix step (K times the rows of a prefix
+  # step) runs K times as many micro-batches at the same peak memory.
+  micro_rows: int = 0
 
   @classmethod
   def from_config(cls, rl: ml_collections.ConfigDict) -> GrpoHParams:
-    k = int(rl.train_microbatches)
-    if k < 1:
-      raise ValueError(f'config.rl.train_microbatches must be >= 1, got {k}')
-    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta), microbatches=k)
+    """``config.rl.train_microbatches`` = M splits a prefix-phase step's
+    P G rows into M micro-batches: micro_rows = P G / M."""
+    m = int(rl.train_microbatches)
+    rows = int(rl.prompts_per_update) * int(rl.group_size)
+    if m < 1 or rows % m:
+      raise ValueError(
+        f'config.rl.train_microbatches={m} must be >= 1 and divide '
+        f'config.rl.prompts_per_update x config.rl.group_size = {rows} rows'
+      )
+    micro = rows // m if m > 1 else 0
+    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta), micro_rows=micro)
 
 
 def make_optimizer(rl: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -195,16 +204,17 @@ def make_train_step(
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def accumulated(params, batch, base):
-    """`grad_fn` over ``hp.microbatches`` strided row blocks (row r goes to
-    block r mod k, so every block spans every device's rows). The loss is a
-    mean over rows of per-row sums, so the mean of the blocks' losses and
-    gradients is the full batch's."""
-    k = hp.microbatches
+    """`grad_fn` over k = rows / ``hp.micro_rows`` strided row blocks (row r
+    goes to block r mod k, so every block spans every device's rows). The
+    loss is a mean over rows of per-row sums, so the mean of the blocks'
+    losses and gradients is the full batch's."""
     rows = batch['advantages'].shape[0]
-    if rows % k:
+    if rows % hp.micro_rows:
       raise ValueError(
-        f'{rows} rows do not split into config.rl.train_microbatches={k}'
+        f'{rows} rows do not split into micro-batches of {hp.micro_rows} rows '
+        '(config.rl.train_microbatches)'
       )
+    k = rows // hp.micro_rows
     shared = {'weights', 'on_policy'}
     split = {
       key: jax.tree.map(
@@ -245,7 +255,7 @@ def make_train_step(
     return (losses.mean(), aux), grads
 
   def train_step(state: TrainState, batch, base=None):
-    if hp.microbatches > 1:
+    if hp.micro_rows and batch['advantages'].shape[0] > hp.micro_rows:
       out = accumulated(state.params, batch, base)
     else:
       out = grad_fn(state.params, batch, base)

@@ -153,18 +153,25 @@ class InfinityFamilyModel(family_lib.NextScaleModel):
       raise TextEncoderError(f'config.model.infinity.text_encoder: {e}') from None
 
   def _converted_text_encoder(self) -> str:
-    """The Flan-T5 folder `varrl_jax.convert` recorded in the manifest of
-    ``config.init_checkpoint`` ('' if none)."""
-    if not self.init_checkpoint:
-      return ''
+    """The Flan-T5 folder recorded along ``config.init_checkpoint``'s lineage
+    ('' if none): its manifest's config, else the checkpoint it started from
+    (an RL run's ``init_checkpoint``, a separate LoRA export's base), back to
+    the `varrl_jax.convert` output that names it."""
     from varrl_jax import checkpoint
 
-    try:
-      saved = checkpoint.read_manifest(self.init_checkpoint)
-    except checkpoint.CheckpointError:  # reported when the weights load
-      return ''
-    model = saved.get('config', {}).get('model', {})
-    return str(model.get('infinity', {}).get('text_encoder', ''))
+    path, seen = self.init_checkpoint, set()
+    while path and path not in seen and len(seen) < 16:
+      seen.add(path)
+      try:
+        saved = checkpoint.read_manifest(path)
+      except checkpoint.CheckpointError:  # reported when the weights load
+        return ''
+      config = saved.get('config') or {}
+      folder = config.get('model', {}).get('infinity', {}).get('text_encoder', '')
+      if folder:
+        return str(folder)
+      path = (saved.get('lora') or {}).get('base') or config.get('init_checkpoint', '')
+    return ''
 
   def encode_prompts(self, prompts: Sequence[str]) -> family_lib.Cond:
     out = self.embedder([str(p) for p in prompts])
@@ -204,6 +211,9 @@ class InfinityFamilyModel(family_lib.NextScaleModel):
 
   def truncate_prompt(self, prompt: str) -> str:
     return prompt  # the T5 tokenizer truncates at text_len tokens
+
+  def check_prompts(self, prompts: Sequence[str]) -> None:
+    del prompts  # any text conditions (truncated at text_len T5 tokens)
 
   # -- parameters ---------------------------------------------------------------
 
