@@ -95,7 +95,10 @@ def make_batch(model, params, rows: int, alpha: float, key) -> dict:
   k_tok, k_adv = jax.random.split(key)
   examples = model.example_prompts
   cond = model.encode_prompts([examples[i % len(examples)] for i in range(rows)])
-  tokens = jax.random.randint(k_tok, (rows, sched.num_tokens), 0, vocab)
+  # Ids of a categorical family, bits [rows, L, d] of a bitwise one.
+  shape = (rows, sched.num_tokens, *model.dist.token_shape)
+  high = 2 if model.dist.token_shape else vocab
+  tokens = jax.random.randint(k_tok, shape, 0, high).astype(model.dist.token_dtype)
   inputs = jax.jit(model.teacher_inputs)(params, tokens)
   return {
     'cond': jax.tree.map(jnp.asarray, cond),

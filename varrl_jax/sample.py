@@ -140,7 +140,7 @@ def run(config, prompts, num_per_prompt, workdir, seed, engine_name, reconstruct
     scale=2,
   )
   print(f'image grid written to {path}')
-  print(f'token ids and images written to {npz}')
+  print(f'tokens and images written to {npz}')
 
 
 def _save_npz(path: str, **arrays) -> str:

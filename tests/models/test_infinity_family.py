@@ -60,9 +60,14 @@ def test_prompts_become_t5_embeddings_and_null_rows_keep_their_length(model_para
   assert not cond['null'].any()
   # Padding positions are zero, valid ones are the encoder's output.
   assert np.all(cond['text'][~cond['mask']] == 0)
-  assert model.embedder.encoder_calls == 1
+  assert model.embedder.encoder_calls == 3
   model.encode_prompts(PROMPTS[:2])  # cached: no second encoder run
-  assert model.embedder.encoder_calls == 1
+  assert model.embedder.encoder_calls == 3
+  # Encoded alone, a prompt gets the very same numbers (resume after a restart).
+  fresh = build_model(_config(model.text_encoder))
+  np.testing.assert_array_equal(
+    fresh.encode_prompts(PROMPTS[1:2])['text'][0], cond['text'][1]
+  )
 
   both = model.with_null(cond)
   np.testing.assert_array_equal(both['mask'][3:], cond['mask'])

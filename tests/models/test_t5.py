@@ -249,14 +249,15 @@ def test_prompt_embedder_matches_the_infinity_pipeline(folders):
   for b, n in enumerate(lens):
     np.testing.assert_allclose(out.embeddings[b, :n], want[b, :n], atol=1e-4, rtol=0)
     assert not out.embeddings[b, n:].any()
-  assert (emb.encoder_calls, emb.encoded_prompts) == (1, len(PROMPTS))
+  count = len(PROMPTS)  # distinct prompts: one encoder run each
+  assert (emb.encoder_calls, emb.encoded_prompts) == (count, count)
 
   again = emb(PROMPTS[::-1] + PROMPTS[:2])
-  assert emb.encoder_calls == 1  # all cached: the encoder did not run
+  assert emb.encoder_calls == count  # all cached: the encoder did not run
   np.testing.assert_array_equal(again.embeddings[: len(PROMPTS)], out.embeddings[::-1])
 
   emb(['a brand new prompt', PROMPTS[0]])
-  assert (emb.encoder_calls, emb.encoded_prompts) == (2, len(PROMPTS) + 1)
+  assert (emb.encoder_calls, emb.encoded_prompts) == (count + 1, count + 1)
 
   kv, lens_c, cu, ltext = t5_embedder.to_compact(out)
   assert kv.shape == (lens.sum(), 32) and ltext == lens.max() and lens_c == list(lens)

@@ -203,7 +203,8 @@ class NextScaleModel(abc.ABC):
 
   @abc.abstractmethod
   def encode_images(self, params: dict, images_u8):
-    """uint8 [B, H, W, 3] -> token ids [B, L] (residual quantization)."""
+    """uint8 [B, H, W, 3] -> tokens [B, L, *dist.token_shape] (residual
+    quantization)."""
 
   # -- written once -----------------------------------------------------------
 
@@ -223,7 +224,7 @@ class NextScaleModel(abc.ABC):
     return jnp.zeros(shape, self.dist.token_dtype)
 
   def teacher_inputs(self, params: dict, tokens_bl, num_scales=None):
-    """Next-scale inputs of every token, [B, L_p, C], from the token ids.
+    """Next-scale inputs of every token, [B, L_p, input_dim], from the tokens.
 
     Scale 0 has no f_hat yet: its slots are zeros (the transformer replaces
     them with its start input). Accumulates f_hat in the sampler's order so

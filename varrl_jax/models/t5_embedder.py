@@ -56,8 +56,8 @@ class PromptEmbedder:
   """Prompt strings -> `PromptEmbeddings`, each prompt encoded only once.
 
   ``cache_size``: the most prompts kept (least recently used dropped first);
-  None keeps every prompt. ``encoder_calls`` counts encoder batches run and
-  ``encoded_prompts`` the prompts they held.
+  None keeps every prompt. ``encoder_calls`` counts encoder runs (one per new
+  prompt) and ``encoded_prompts`` the prompts they held.
   """
 
   def __init__(
@@ -103,19 +103,20 @@ class PromptEmbedder:
     return len(self._cache)
 
   def _encode_missing(self, prompts: list[str]) -> None:
-    seqs = [self.tokenizer.encode(p, self.max_length) for p in prompts]
-    length = _bucket(max(len(s) for s in seqs), 8, self.max_length)
-    rows = _bucket(len(seqs), 1, 1 << 30)
-    ids = np.zeros((rows, length), np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    for b, s in enumerate(seqs):
-      ids[b, : len(s)] = s
-      mask[b, : len(s)] = 1
-    out = np.asarray(self._encode(self.params, ids, mask))
-    self.encoder_calls += 1
-    self.encoded_prompts += len(prompts)
-    for b, (prompt, s) in enumerate(zip(prompts, seqs)):
-      self._cache[prompt] = out[b, : len(s)].copy()
+    # One prompt per call, padded to its own length bucket: its embedding is
+    # then the same numbers whichever prompts were missing with it (a resumed
+    # run starts with an empty cache and must see the same conditioning).
+    for prompt in prompts:
+      seq = self.tokenizer.encode(prompt, self.max_length)
+      length = _bucket(len(seq), 8, self.max_length)
+      ids = np.zeros((1, length), np.int32)
+      mask = np.zeros((1, length), np.int32)
+      ids[0, : len(seq)] = seq
+      mask[0, : len(seq)] = 1
+      out = np.asarray(self._encode(self.params, ids, mask))
+      self.encoder_calls += 1
+      self.encoded_prompts += 1
+      self._cache[prompt] = out[0, : len(seq)].copy()
 
   def __call__(
     self, prompts: Sequence[str], length: int | None = None

@@ -164,7 +164,8 @@ def make_train_step(
   adapters and ``base`` the frozen transformer params (not donated).
 
   ``batch``: cond (the family's conditioning, leaves [B, ...]), inputs
-  [B, L, C] (`NextScaleModel.teacher_inputs`), tokens [B, L], old_logp [B, L], ref_logp
+  [B, L, C] (`NextScaleModel.teacher_inputs`), tokens [B, L, *token_shape],
+  old_logp [B, L], ref_logp
   [B, L], advantages [B], mask [B, L] (MP mask x stage selector), weights
   [L] (`panw.token_weights` of the stage), on_policy [] (1.0 on the first
   inner update). The state is donated.
@@ -362,7 +363,7 @@ def make_logprob_fn(
 ):
   """Jitted teacher-forced log-probs from precomputed inputs (reference policy).
 
-  ``fn(transformer_params, cond, inputs [B, L, C], tokens [B, L]) -> logp
+  ``fn(transformer_params, cond, inputs [B, L, C], tokens [B, L, ...]) -> logp
   [B, L]``. With a ``mesh``: params by the logical rules, every other
   argument and the output by rows.
   """

@@ -221,7 +221,7 @@ def from_config(lora_cfg: ml_collections.ConfigDict, model) -> Lora | None:
 
 
 def init_from_config(lora: Lora, seed: int, mesh=None) -> dict:
-  """The run's initial adapters (key ``fold_in(key(seed), 'lora')``), created
+  """The run's initial adapters (key ``fold_in(key(seed), 0x10A)``), created
   sharded on ``mesh`` when given."""
   key = jax.random.fold_in(jax.random.key(seed), 0x10A)
   if mesh is None:

@@ -148,7 +148,11 @@ class InfinityFamilyModel(family_lib.NextScaleModel):
         'folder (config.json, model.safetensors, spiece.model)'
       )
     try:
-      return t5_embedder.PromptEmbedder.from_folder(folder, max_length=self.text_len)
+      # ~4096 x 60 tokens x 2048 x 4 B ~ 2 GB of host memory at most; an
+      # evicted prompt is encoded again to the same numbers.
+      return t5_embedder.PromptEmbedder.from_folder(
+        folder, max_length=self.text_len, cache_size=4096
+      )
     except (OSError, ValueError) as e:
       raise TextEncoderError(f'config.model.infinity.text_encoder: {e}') from None
 
