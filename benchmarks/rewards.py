@@ -2,7 +2,7 @@ r"""Reward throughput on this machine: images/s of each reward, side by side.
 
 Run from the repository root:
 
-  python -m benchmarks.rewards                     # all, 256x256, ~5 min on 2 cores
+  python -m benchmarks.rewards                     # all, 256x256, ~3 min on 2 cores
   python -m benchmarks.rewards --rewards=jpeg,clipscore --num_images=8 --rounds=7
 
 Rewards (each through its registered implementation, except that the CLIP
@@ -28,8 +28,9 @@ on a shared machine hit every reward alike:
 2. warm each up on a call of exactly the timed shape (``warm_s``: compiles,
    the CLIP text tower, whose prompt features are cached afterwards;
    ``prompts/s`` is the text tower alone, measured once here);
-3. ``--rounds`` rounds; round r calls every reward once on the same
-   ``--num_images`` new images, the order rotated by one each round.
+3. ``--rounds`` rounds; round r times every reward on the same
+   ``--num_images`` new images, the order rotated by one each round: one
+   call, or repeated calls for 0.2 s where one call is quicker (jpeg).
 
 Prints each reward's median images/s over the rounds and its min-max, then
 the median over rounds of each round's ratio to easyocr, and of clipscore
@@ -72,6 +73,7 @@ _TORCH = flags.DEFINE_bool(
 
 ARCHS = {'clipscore': 'ViT-L-14-quickgelu', 'preference': 'ViT-H-14'}
 TORCH = 'torch L/14'
+MIN_SECONDS = 0.2  # a quick reward's timing repeats its call for this long
 PROMPTS = [f"a photo of a sign that reads '{w}'" for w in ('OPEN', 'SALE', 'EXIT')]
 WORDS = (
   'apple river stone light house green paper music water happy table night'.split()
@@ -172,6 +174,21 @@ def _text_rate(reward) -> str:
   return f'{len(new) / (time.perf_counter() - t0):.1f} prompts/s'
 
 
+def _images_per_s(fn: Callable[[np.ndarray], object], images: np.ndarray) -> float:
+  """Calls ``fn(images)`` once, or repeatedly for MIN_SECONDS if it is quick.
+
+  A jpeg call takes about a millisecond, where one context switch on a busy
+  machine would decide the number.
+  """
+  calls, t0 = 0, time.perf_counter()
+  while True:
+    fn(images)
+    calls += 1
+    elapsed = time.perf_counter() - t0
+    if elapsed >= MIN_SECONDS:
+      return calls * len(images) / elapsed
+
+
 def _num(x: float) -> str:
   return f'{x:.0f}' if x >= 100 else f'{x:.3g}'
 
@@ -225,9 +242,7 @@ def main(argv: list[str]) -> None:
     for r in range(rounds):
       k = r % len(order)
       for name in order[k:] + order[:k]:
-        t0 = time.perf_counter()
-        fns[name](batches[r + 1])
-        speed[name].append(n / (time.perf_counter() - t0))
+        speed[name].append(_images_per_s(fns[name], batches[r + 1]))
       print(f'round {r + 1}/{rounds}: '
             + '  '.join(f'{m} {_num(speed[m][-1])}' for m in order), flush=True)  # fmt: skip
   finally:
@@ -245,14 +260,16 @@ def main(argv: list[str]) -> None:
 
   def ratio(a: str, b: str) -> str:
     per_round = [x / y for x, y in zip(speed[a], speed[b])]
-    return f'{statistics.median(per_round):.3g}x ({_range(per_round)})'
+    return f'{_num(statistics.median(per_round))}x ({_range(per_round)})'
 
   if 'easyocr' in speed and len(order) > 1:
-    print('relative to easyocr (median, min-max of per-round ratios): '
-          + '  '.join(f'{k} {ratio(k, "easyocr")}' for k in order if k != 'easyocr'))  # fmt: skip
+    print('relative to easyocr (median and min-max of the per-round ratios):')
+    for k in order:
+      if k != 'easyocr':
+        print(f'  {k:11s}{ratio(k, "easyocr")}')
   if TORCH in speed:
     print(
-      f'clipscore (JAX) vs {TORCH} (torch), both from uint8 with preprocessing: '
+      f'clipscore (JAX) / {TORCH} (torch), both from uint8 with preprocessing: '
       f'{ratio("clipscore", TORCH)}'
     )
 

@@ -34,7 +34,6 @@ orbax checkpoint saves (WORKDIR must be shared, e.g. a gs:// bucket).
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 
@@ -47,8 +46,8 @@ from ml_collections import config_flags
 from varrl_jax import checkpoint as ckpt_lib
 from varrl_jax import cli, distributed, fs, parallel
 from varrl_jax import images as images_lib
-from varrl_jax.data import prompt_sources, synthetic
-from varrl_jax.eval import evaluator, prompt_sets, reward_eval
+from varrl_jax.data import prompt_sources
+from varrl_jax.eval import heldout
 from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards import api as reward_api
@@ -60,85 +59,6 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file.', lock_config=True
 )
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/train', 'Output folder.')
-
-
-def _uses_ocr_eval(reward, source) -> bool:
-  """Word Accuracy needs text targets and the OCR pool (module docstring).
-
-  Text lists have targets on every prompt when the reward has an ocr term
-  (`prompt_sources.text_prompts` checks it)."""
-  return reward.get('ocr') is not None and isinstance(
-    source, (prompt_sources.SyntheticPrompts, prompt_sources.TextPrompts)
-  )
-
-
-def _eval_split(config, source) -> str:
-  if isinstance(source, prompt_sources.TextPrompts) and source.heldout:
-    return 'rl.heldout_prompts'
-  return config.eval.split
-
-
-def _eval_prompts(config, source) -> list[prompt_sets.EvalPrompt]:
-  ec = config.eval
-  if isinstance(source, prompt_sources.ClassPrompts):
-    return [
-      prompt_sets.EvalPrompt(p, t, {'class': int(p)}, f'classes/{i}')
-      for i, (p, t) in enumerate(source.evaluation(ec.num_prompts, ec.data_seed))
-    ]
-  if isinstance(source, prompt_sources.TextPrompts) and source.heldout:
-    # The prompts config.rl.heldout_prompts kept out of training.
-    return [
-      prompt_sets.EvalPrompt(p, t, {'regions': len(t)}, f'heldout_prompts/{i}')
-      for i, (p, t) in enumerate(source.evaluation(ec.num_prompts, ec.data_seed))
-    ]
-  return prompt_sets.synthetic_prompts(
-    ec.split, ec.num_prompts, ec.data_seed, synthetic.Variety.from_config(config.data)
-  )
-
-
-_CLIP_SCORERS: dict = {}
-
-
-def _clip_scorer(config, reward):
-  """CVTG-2K's third metric, CLIPScore, when a CLIP model is configured: the
-  reward's own ``clipscore`` term, or one loaded once per path."""
-  term = reward.get('clipscore')
-  if term is not None or not config.rewards.clip.path:
-    return term
-  key = config.rewards.clip.path
-  if key not in _CLIP_SCORERS:
-    from varrl_jax.rewards import clip as clip_rewards
-
-    embedder = clip_rewards.embedder_from_config(config, 'clip')
-    _CLIP_SCORERS[key] = clip_rewards.ClipScore(embedder)
-  return _CLIP_SCORERS[key]
-
-
-def _eval(config, model, params, reward, source, workdir: str, name: str, mesh):
-  prompts = _eval_prompts(config, source)
-  if _uses_ocr_eval(reward, source):
-    report = evaluator.evaluate(
-      model,
-      params,
-      config,
-      prompts,
-      reward.get('ocr').pool,
-      progress=False,
-      mesh=mesh,
-      clip=_clip_scorer(config, reward),
-    )
-  else:
-    report = reward_eval.evaluate(model, params, config, prompts, reward, mesh)
-  if distributed.is_main():
-    out = fs.join(workdir, name)
-    fs.makedirs(out)
-    fs.write_text(
-      fs.join(out, 'metrics.json'),
-      json.dumps(
-        {'split': _eval_split(config, source), 'metrics': report.flat}, indent=2
-      ),
-    )
-  return report
 
 
 def _save(config, trainer, workdir: str, name: str, update: int, metrics: dict) -> str:
@@ -324,12 +244,6 @@ def _check(config, model):
   return source
 
 
-def _captions(report, n: int) -> list[str]:
-  if isinstance(report, reward_eval.RewardReport):
-    return reward_eval.grid_captions(report.records, n)
-  return evaluator.grid_captions(report.records, n)
-
-
 def train(config, workdir: str, pool=None) -> dict:
   """Runs the whole job; returns the before/after held-out summaries:
   `eval.metrics.Summary` (Word Accuracy, NED) or `reward_eval.RewardSummary`
@@ -361,8 +275,8 @@ def train(config, workdir: str, pool=None) -> dict:
 
   with reward_api.build(config, pool=pool) as reward:
     logging.info('reward %s, weights %s', reward.name, reward.weights)
-    ocr_eval = _uses_ocr_eval(reward, prompt_source)
-    before = _eval(
+    ocr_eval = heldout.uses_ocr_eval(reward, prompt_source)
+    before = heldout.evaluate(
       config, model, params, reward, prompt_source, workdir, 'eval_before', mesh
     )
     if ocr_eval:
@@ -385,7 +299,7 @@ def train(config, workdir: str, pool=None) -> dict:
     finally:
       states.close()
     ckpt = _save(config, trainer, workdir, 'final', config.rl.num_updates, metrics)
-    after = _eval(
+    after = heldout.evaluate(
       config,
       model,
       trainer.params,
@@ -404,8 +318,8 @@ def train(config, workdir: str, pool=None) -> dict:
   grid = images_lib.save_grid(
     fs.join(workdir, 'before_after.png'),
     np.concatenate([before.grid_images[:n], after.grid_images[:n]]),
-    [f'before\n{c}' for c in _captions(before, n)]
-    + [f'after\n{c}' for c in _captions(after, n)],
+    [f'before\n{c}' for c in heldout.captions(before, n)]
+    + [f'after\n{c}' for c in heldout.captions(after, n)],
     columns=n,
     scale=2,
     caption_lines=3,
@@ -416,7 +330,7 @@ def train(config, workdir: str, pool=None) -> dict:
     print(
       f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
       f'NED {b.ned:.4f} -> {a.ned:.4f}  '
-      f'({_eval_split(config, prompt_source)}, {a.n_words} words)'
+      f'({heldout.eval_split(config, prompt_source)}, {a.n_words} words)'
     )
   else:
     print(f'held-out {b.change(a)}  ({a.n_images} images)')
