@@ -88,11 +88,13 @@ def infinity(model: str, resolution: int = 1024):
   sampler, bfloat16 activations (float32 weights and optimizer), every layer
   rematerialised, splash attention (10,521 tokens at 1024^2)."""
   config = infinity_presets.official_config(model, resolution)
-  # The GRPO step runs its 256 sequences (512 rows with the CFG branch) in
-  # micro-batches whose gradients add up: at 1024^2 the 2B needs 4 on v5p-32
-  # (63.6 of 95 GiB per chip; 120 GiB with 2), the 8B 2 on v5p-128 (60.4
-  # GiB; 115 GiB with 1): python -m varrl_jax.aot, README. Fewer fit on
-  # larger slices (--config.rl.train_microbatches=1 is one pass).
+  # The GRPO step runs micro-batches of P G / M sequences whose gradients add
+  # up (a suffix step of P G K = 512 sequences, 1024 rows with the CFG
+  # branch, runs K M of them). At 1024^2 the 2B needs M = 4 on v5p-32 (63.7
+  # of 95 GiB per chip; a 256-sequence step in one pass asks 136 GiB, with 2
+  # micro-batches 120), the 8B M = 2 on v5p-128 (60.4 GiB; 115 GiB in one
+  # pass): python -m varrl_jax.aot, README. Larger slices fit with less
+  # (--config.rl.train_microbatches=1 is one pass).
   config.rl.train_microbatches = MICROBATCHES[model] if resolution == 1024 else 1
   config.tokenizer.dtype = 'bfloat16'
   config.model.dtype = 'bfloat16'
