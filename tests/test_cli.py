@@ -147,3 +147,35 @@ def test_train_reports_a_bad_reward_or_prompt_spec_in_one_line(
   lines = _error_lines(proc)
   assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+def test_a_typo_inside_a_config_file_is_one_error_naming_file_line_and_keys(tmp_path):
+  """The base config is locked: a config file cannot add a key by a typo
+  (it would otherwise train with the default of the key it meant)."""
+  config = tmp_path / 'mine.py'
+  config.write_text(
+    'from varrl_jax.config import base_config\n'
+    '\n'
+    '\n'
+    'def get_config(arg=None):\n'
+    '  c = base_config()\n'
+    '  c.rl.panw.apha = 0.8\n'
+    '  return c\n'
+  )
+  proc = subprocess.run(
+    [sys.executable, '-m', 'varrl_jax.train', f'--config={config}', '--workdir=x'],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = _error_lines(proc)
+  assert len(lines) == 1 and lines[0].startswith(
+    f"error: unknown config key 'rl.panw.apha' set in {config}:6: c.rl.panw.apha = 0.8 "
+    '(config files change the keys of varrl_jax/config.py, never add them); '
+    'did you mean rl.panw.alpha'
+  ), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'x').exists()

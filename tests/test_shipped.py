@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _tiny():
-  return cli._load_config_file(os.path.join(ROOT, 'configs', 'tiny.py'))
+  return cli.load_config_file(os.path.join(ROOT, 'configs', 'tiny.py'))
 
 
 def test_tiny_config_loads_the_shipped_checkpoint():

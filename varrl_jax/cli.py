@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 import sys
+import traceback
 
 from absl import flags
 
@@ -19,11 +21,47 @@ class ConfigKeyError(ValueError):
   """An override names a key that the config does not declare."""
 
 
-def _load_config_file(path: str):
+def load_config_file(path: str, arg: str | None = None):
+  """``get_config(arg)`` of the config file at ``path``; a key the file sets
+  that the base config does not declare (the base config is locked) is a
+  ConfigKeyError naming the file, the line and the closest keys."""
   spec = importlib.util.spec_from_file_location('_varrl_config', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+  except AttributeError as e:
+    message = str(e)
+    if 'cannot be added since the config is locked' not in message:
+      raise
+    key = message.split('"')[1] if '"' in message else '?'
+    where, line = path, ''
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+      if os.path.abspath(frame.filename) == os.path.abspath(path):
+        where, line = f'{path}:{frame.lineno}: {frame.line}', frame.line or ''
+        break
+    # The dotted key as the file wrote it (`c.rl.panw.apha = ...`), if visible.
+    chain = re.search(rf'\w+((?:\.\w+)*\.{re.escape(key)})\s*=', line)
+    if chain:
+      key = chain.group(1)[1:]
+    keys = _all_keys(_base_config())
+    if '.' in key:
+      close = difflib.get_close_matches(key, keys, n=3)
+    else:
+      leaves = {k.rsplit('.', 1)[-1] for k in keys}
+      near = difflib.get_close_matches(key, sorted(leaves), n=3)
+      close = [k for k in keys if k.rsplit('.', 1)[-1] in near][:3]
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    raise ConfigKeyError(
+      f'unknown config key {key!r} set in {where} (config files change the '
+      f'keys of varrl_jax/config.py, never add them){hint}'
+    ) from None
+
+
+def _base_config():
+  from varrl_jax.config import base_config
+
+  return base_config()
 
 
 def _all_keys(config, prefix='') -> list[str]:
@@ -38,15 +76,15 @@ def _all_keys(config, prefix='') -> list[str]:
 
 def check_overrides(argv: list[str], flag_name: str = 'config') -> None:
   """Raises ConfigKeyError for the first ``--config.KEY`` that the file lacks."""
-  path = None
+  path = arg_text = None
   for arg in argv:
     if arg.startswith(f'--{flag_name}='):
-      path = arg.split('=', 1)[1].split(':', 1)[0]
+      path, _, arg_text = arg.split('=', 1)[1].partition(':')
   if path is None:
     return
   if not os.path.exists(path):
     raise ConfigKeyError(f'--{flag_name}={path}: no such config file')
-  keys = _all_keys(_load_config_file(path))
+  keys = _all_keys(load_config_file(path, arg_text or None))
   for arg in argv:
     if arg.startswith(f'--{flag_name}.'):
       key = arg[len(flag_name) + 3 :].split('=', 1)[0]

@@ -1,8 +1,10 @@
 """Every configuration key, declared once with its default and meaning.
 
 Config files in ``configs/`` start from `base_config()` and override values;
-they never add keys, so an unknown key on the command line
-(``--config.rl.panw.alfa=0.8``) is an error naming the key. Shapes that jitted
+they never add keys: `base_config()` returns a locked ConfigDict, so a typo
+inside a config file (``c.rl.panw.alfa = 0.8``) is an error naming the file,
+line and closest keys (`cli.load_config_file`), as an unknown key on the
+command line (``--config.rl.panw.alfa=0.8``) is. Shapes that jitted
 programs depend on (image size, scales, text length) live here, so one config
 fixes every static shape.
 """
@@ -381,4 +383,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain.transformer.log_every = 50
   c.pretrain.transformer.sample_every = 2000  # sample grid + held-out loss
   c.pretrain.transformer.ckpt_every = 5000
+  # Config files change values, never add keys: a typo inside a file
+  # (``c.rl.panw.apha = 0.8``) is an error, as on the command line
+  # (`cli.load_config_file` names the file, line and closest keys).
+  c.lock()
   return c

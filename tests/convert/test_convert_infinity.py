@@ -260,7 +260,7 @@ def test_official_shapes_infer_the_config(name):
   """Their full-size key -> shape maps (nothing allocated: broadcast views)
   give configs/infinity_*.py's model, VAE and schedule back, at their
   parameter counts."""
-  config = cli._load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+  config = cli.load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   model = build_model(config)
   tr_shapes = tw.expected_state_shapes(model.cfg, 8)
   vae_shapes = vw.expected_state_shapes(model.tokenizer)
