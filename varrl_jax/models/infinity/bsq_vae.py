@@ -38,6 +38,8 @@ import jax.numpy as jnp
 
 from varrl_jax.models.infinity import bsq_quantizer as bq
 from varrl_jax.models.infinity import schedules
+from varrl_jax.models.torch_layers import Resample
+from varrl_jax.models.torch_layers import conv as _conv
 
 INFINITY_2B_VAE = dict(
   codebook_dim=32, ch=128, ch_mult=(1, 2, 4, 4, 4), num_res_blocks=2, patch_size=16
@@ -71,13 +73,6 @@ def _norm(channels: int, name: str) -> nn.GroupNorm:
   )
 
 
-def _conv(features: int, kernel: int, dtype, name: str, stride: int = 1, pad=None):
-  pad = ((kernel // 2, kernel // 2),) * 2 if pad is None else pad
-  return nn.Conv(
-    features, (kernel, kernel), (stride, stride), pad, dtype=dtype, name=name
-  )
-
-
 class ResnetBlock(nn.Module):
   out_channels: int
   dtype: Any = jnp.float32
@@ -91,21 +86,6 @@ class ResnetBlock(nn.Module):
     if x.shape[-1] != self.out_channels:
       x = conv(1, name='nin_shortcut')(x)
     return x + h
-
-
-class Resample(nn.Module):
-  """'down': pad (0, 1) right/bottom + 3x3 stride 2; 'up': nearest 2x + 3x3."""
-
-  kind: str
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    if self.kind == 'down':
-      return _conv(c, 3, self.dtype, 'conv', stride=2, pad=((0, 1), (0, 1)))(x)
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return _conv(c, 3, self.dtype, 'conv')(x)
 
 
 class Level(nn.Module):

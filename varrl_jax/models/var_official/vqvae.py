@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from varrl_jax.models import resize
+from varrl_jax.models.torch_layers import Resample
+from varrl_jax.models.torch_layers import conv as _conv
 
 
 def phi_index(si: int, num_scales: int, share_quant_resi: int) -> int:
@@ -67,13 +69,6 @@ def next_scale_input(f_hat_bhwc: jnp.ndarray, size: int | tuple[int, int]):
   [B, h, w, C] -> [B, p, p, C] (torch_area; identity at p = h)."""
   size = (size, size) if isinstance(size, int) else tuple(size)
   return resize.resize(f_hat_bhwc, size, 'torch_area')
-
-
-def _conv(features: int, kernel: int, dtype, name: str, stride: int = 1, pad=None):
-  pad = ((kernel // 2, kernel // 2),) * 2 if pad is None else pad
-  return nn.Conv(
-    features, (kernel, kernel), (stride, stride), pad, dtype=dtype, name=name
-  )
 
 
 def _norm(dtype, name: str) -> nn.GroupNorm:
@@ -109,21 +104,6 @@ class AttnBlock(nn.Module):
     logits_bnm = jnp.einsum('bnc,bmc->bnm', q_bnc, k_bnc) * (int(c) ** -0.5)
     out_bnc = jnp.einsum('bnm,bmc->bnc', jax.nn.softmax(logits_bnm, -1), v_bnc)
     return x_bhwc + _conv(c, 1, self.dtype, 'proj_out')(out_bnc.reshape(b, h, w, c))
-
-
-class Resample(nn.Module):
-  """'down': pad (0, 1) right/bottom + stride-2 conv; 'up': nearest 2x + conv."""
-
-  kind: str
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    if self.kind == 'down':
-      return _conv(c, 3, self.dtype, 'conv', stride=2, pad=((0, 1), (0, 1)))(x)
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return _conv(c, 3, self.dtype, 'conv')(x)
 
 
 class Level(nn.Module):
