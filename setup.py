@@ -82,7 +82,7 @@ setup(
   description='VAR RL Done Right (GRPO + VMR + PANW + MP) in JAX/Flax for TPU pods',
   long_description=open('README.md', encoding='utf-8').read(),
   long_description_content_type='text/markdown',
-  python_requires='>=3.10',
+  python_requires='>=3.11',  # the pinned jax, jaxlib 0.10.2 and flax 0.12.8 need 3.11
   packages=find_packages(include=['varrl_jax', 'varrl_jax.*']),
   package_data={'varrl_jax': ['assets/**/*', 'data/*.txt']},
   include_package_data=True,

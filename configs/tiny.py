@@ -36,8 +36,8 @@ shared host, measured):
 
 On idle cores (2026-11-26) the tokenizer, first transformer and decoder
 commands took 11.4, 37.8 and 8.7 minutes (58 in all; skipping the
-continuation gave an equally good model) and the continuation 9.1: the
-README's "Pretraining in 60 minutes".
+continuation gave an equally good model) and the continuation 9.1:
+docs/pretraining.md, "Pretraining in 60 minutes".
 
 ``--config.init_checkpoint=PATH`` loads any other checkpoint.
 """
@@ -77,9 +77,11 @@ def get_config(arg=None):
   # Half the base width: on XLA-CPU the conv weight gradients dominate a step,
   # and (64, 128, 128) trains ~4x slower (12 s vs 2.3 s per 16 images).
   config.tokenizer.channels = (32, 64, 64, 128)
-  # The paper's rollout sampling (top-k 2, top-p 0.9) without its CFG 5: on
-  # the shipped model, held-out Word Accuracy is 0.156 at CFG 1, 0.125 at
-  # CFG 3 and 0.008 at CFG 5 (greedy 0.195; plain T=1 0.031).
+  # The paper's rollout sampling (top-k 2, top-p 0.9) without its CFG 5:
+  # after the first 2000 transformer steps, held-out Word Accuracy read
+  # 0.156 at CFG 1, 0.125 at CFG 3 and 0.008 at CFG 5. The shipped model at
+  # CFG 1 (128 held-out prompts; its manifest.json, `quality`) reads 0.156
+  # with this sampling, 0.359 greedy and 0.070 at plain T=1.
   config.sampling.top_k = 2
   config.sampling.top_p = 0.9
   config.sampling.batch_size = 8
@@ -94,10 +96,12 @@ def get_config(arg=None):
   # lr 5e-5: from the shipped checkpoint (before its decoder fine-tune), full
   # mode, 60 updates (~15 min) took held-out Word Accuracy 0.148 -> 0.352 (128
   # prompts); 1e-5 moved nothing in 20 updates and 2e-4 (one step per batch) lost
-  # accuracy (0.19 -> 0.13 in 40 updates, per-token KL ~1).
+  # accuracy (0.19 -> 0.13 in 40 updates, per-token KL ~1). docs/rl_tiny.md.
   config.rl.lr = 5e-5
   config.rl.inner_updates = 2
-  config.rl.num_updates = 24  # the main command: ~6 min of updates + 2 evals
+  # The main command: 4.6 min with both evaluations on 2 idle cores, 13.7 min
+  # on a busy shared host (README).
+  config.rl.num_updates = 24
   config.ocr.num_workers = 2
 
   pt = config.pretrain

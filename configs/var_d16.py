@@ -7,8 +7,9 @@ architecture at VAR-d16's size for timing and scaling studies:
 16 layers, width 1024, 16 heads (no GQA, as VAR), scales 1,2,3,4,5,6,8,10,13,16
 with a 16x-downsampling tokenizer and a 4096-entry codebook. VAR-d16 spends
 ~100M parameters on AdaLN; we have none, so the SwiGLU width (4864) is chosen
-to land at the same total. The README's GPU sampler timings at VAR-d16 size
-use it (the official sampler is timed beside ours with configs/var.py:16):
+to land at the same total. The GPU sampler timings at VAR-d16 size
+(docs/performance.md) use it (the official sampler is timed beside ours with
+configs/var.py:16):
 
   python benchmarks/sampling.py --config=configs/var_d16.py
 """

@@ -39,15 +39,21 @@ fixes the prompt-stream position, the rollout key ``fold_in(key, update)``
 and the alternation phase), the seed, the reference-params source and a
 fingerprint of the reference. Restoring targets the abstract state of the
 *current* run, with its shardings, so a state saved on one mesh restores
-onto another. A latest step that cannot be read falls back to the previous
-one with a warning.
+onto another. A latest step that cannot be read (a damaged array file, a
+record that is not JSON or names another update) falls back to the previous
+one with a warning; when none can, the error lists each step's problem and
+deletes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
+import logging as std_logging
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -348,6 +354,53 @@ def fingerprint(tree) -> str:
   return h.hexdigest()
 
 
+class _DropUnretrieved(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'exception was never retrieved' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Keeps the reports of a restore that failed on a corrupt file off stderr.
+
+  Such a restore leaves tensorstore reads in flight: orbax closes the event
+  loop of the call, each read that completes later reports
+  RuntimeError('Event loop is closed') through ``sys.unraisablehook``, and
+  the abandoned gather logs 'exception was never retrieved': hundreds of
+  tracebacks around the one-line error. The first are dropped from now on
+  (they may come late; any other report reaches the previous hook), the
+  second while the block runs.
+  """
+  previous = sys.unraisablehook
+  if not getattr(previous, 'quiet_closed_loop', False):
+
+    def hook(unraisable):
+      e = unraisable.exc_value
+      if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+        previous(unraisable)
+
+    hook.quiet_closed_loop = True
+    sys.unraisablehook = hook
+  log, drop = std_logging.getLogger('asyncio'), _DropUnretrieved()
+  log.addFilter(drop)
+  try:
+    yield
+  finally:
+    gc.collect()  # abandoned futures report now, while filtered
+    log.removeFilter(drop)
+
+
+def _record_problem(step: int, record: Any) -> str | None:
+  """Why the JSON record of train checkpoint ``step`` cannot be resumed from
+  (a hand-edited or foreign file), or None."""
+  if not isinstance(record, Mapping):
+    return f'record is a {type(record).__name__}, not a JSON object'
+  update = record.get('update')
+  if type(update) is not int or update != step:
+    return f'record has update {update!r}, not {step}'
+  return None
+
+
 class TrainCheckpoints:
   """Save / restore the RL train state under ``directory`` (see module doc).
 
@@ -400,25 +453,30 @@ class TrainCheckpoints:
     )
     steps = self.steps()
     problems = []
-    for step in reversed(steps):
-      try:
-        out = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            record=ocp.args.JsonRestore(),
-          ),
-        )
-      except Exception as e:  # orbax/tensorstore raise many types on bad files
-        problems.append(f'{step}: {_first_line(e)}')
+    # Around the whole loop: a failed restore reports when its exception dies.
+    with _quiet_failed_reads():
+      for step in reversed(steps):
+        try:
+          out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target),
+              record=ocp.args.JsonRestore(),
+            ),
+          )
+        except Exception as e:  # orbax/tensorstore raise many types on bad files
+          problem = _first_line(e)
+        else:
+          problem = _record_problem(step, out.record)
+          if problem is None:
+            return out.state, dict(out.record)
+        problems.append(f'{step}: {problem[:150]}')
         logging.warning(
           'train checkpoint %s/%d is unreadable (%s); trying the previous one',
           self.directory,
           step,
-          _first_line(e),
+          problem,
         )
-        continue
-      return out.state, dict(out.record)
     if steps:
       raise CheckpointError(
         f'{self.directory}: no readable train checkpoint ({"; ".join(problems)}); '
@@ -436,7 +494,8 @@ class TrainCheckpoints:
         )
       except Exception:  # an unreadable step: restore_latest reports it
         continue
-      return dict(out.record)
+      if _record_problem(step, out.record) is None:
+        return dict(out.record)
     return None
 
   def close(self) -> None:

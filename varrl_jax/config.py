@@ -198,6 +198,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Rollouts are sampled in this many equal parts; OCR of a part overlaps the
   # sampling of the next (prompts_per_update must be divisible by it).
   c.rl.rollout_chunks = 2
+  # 'sync': each update samples with the current parameters, then reads the
+  # rewards, then steps. 'overlap': update u+1's rollouts are sampled (with
+  # the parameters before update u's step) while update u's rewards are read
+  # and its step runs; the importance ratio uses the log-probs recorded at
+  # sampling time (varrl_jax/rl/pipeline.py).
+  c.rl.pipeline = 'sync'
   c.rl.clip_eps = 0.2  # epsilon of the clipped surrogate
   c.rl.kl_beta = 0.04  # beta of the k3 KL to the frozen reference
   c.rl.adv_eps = 1e-4  # A = (R - mean) / (std + adv_eps)
@@ -260,9 +266,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   # OCR engine and its worker pool (varrl_jax/rewards/ocr.py, pool.py).
   c.ocr = ml_collections.ConfigDict()
-  c.ocr.engine = 'easyocr'  # 'easyocr' | 'rapidocr'
+  # 'rapidocr' | 'easyocr'. rapidocr reads the shipped tiny model's rollouts
+  # as well as easyocr (reward within noise, word accuracy on held-out renders
+  # equal) for about a tenth of its CPU time per image, ~1/20 at 1024^2
+  # (benchmarks/ocr_cost.py, benchmarks/ocr_pod_budget.py, docs/performance.md).
+  c.ocr.engine = 'rapidocr'
   c.ocr.num_workers = 1  # worker processes per host; 0 = inline
-  c.ocr.threads_per_worker = 1  # torch threads in each worker
+  c.ocr.threads_per_worker = 1  # onnxruntime (rapidocr) or torch threads per worker
   c.ocr.timeout_s = 60.0  # longest one image may take before its worker is restarted
   # Reads again, on the restarted worker, of an image whose worker hung or
   # crashed (a suspend or a stopped process is not the image's fault).

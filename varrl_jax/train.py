@@ -30,6 +30,14 @@ VMs); the mesh of ``config.mesh`` spans every device; each process OCRs its
 own rows of the rollout images and the rewards are all-gathered; process 0
 alone writes metrics, images and reports; every process takes part in the
 orbax checkpoint saves (WORKDIR must be shared, e.g. a gs:// bucket).
+
+Exit codes: 0 done; 2 bad input or an unusable checkpoint (one ``error:``
+line); 3 a non-finite loss or reward (one ``error:`` line naming
+``checkpoints/nonfinite_update<U>``, the last finite parameters: a step
+with a non-finite loss or gradient leaves the state as it was); 128 +
+signal after SIGTERM/SIGINT (the update in flight finished and the train
+state was saved: run the same command again to resume). The fault matrix
+of tests/test_faults.py runs each case through this command line.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from varrl_jax.eval import heldout
 from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import batch_check, loop, mask_viz
+from varrl_jax.rl import batch_check, loop, mask_viz, pipeline
 from varrl_jax.weights import load_weights
 from varrl_jax.writers import MetricWriter
 
@@ -80,6 +88,10 @@ def _save(config, trainer, workdir: str, name: str, update: int, metrics: dict) 
     },
   )
   return path
+
+
+# Exit code of a run stopped by a non-finite loss or reward (module docstring).
+EXIT_NONFINITE = 3
 
 
 class Preempted(SystemExit):
@@ -120,6 +132,7 @@ def _run_record(config, trainer, update: int) -> dict:
     'reference_fingerprint_version': ckpt_lib.FINGERPRINT_VERSION,
     'mode': config.rl.mode,
     'lora': _lora_record(config),
+    'pipeline': config.rl.pipeline,
   }
 
 
@@ -130,9 +143,18 @@ def _lora_record(config) -> dict:
   return {'rank': int(lc.rank), 'alpha': float(lc.alpha), 'targets': str(lc.targets)}
 
 
-def _resume(config, trainer, states) -> int:
-  """Restores the newest state into ``trainer``; returns the next update."""
+def _resume(config, trainer, states, pipe=None) -> int:
+  """Restores the newest state into ``trainer`` (through ``pipe``, the
+  `rl.pipeline`); returns the next update."""
   latest = states.latest_record()
+  if latest is not None and latest.get('pipeline', 'sync') != config.rl.pipeline:
+    # An overlap state also holds the behaviour params of the rollout in flight.
+    raise ckpt_lib.CheckpointError(
+      f'{states.directory}: saved with config.rl.pipeline='
+      f'{latest.get("pipeline", "sync")!r}, but this run has '
+      f'{config.rl.pipeline!r}; use the same setting, another --workdir or '
+      '--config.checkpoint.resume=False'
+    )
   if latest is not None and latest.get('lora', {'rank': 0}) != _lora_record(config):
     # Another LoRA layout is another train state (or, for alpha alone, another
     # policy from the same arrays): refuse before restoring anything.
@@ -141,7 +163,7 @@ def _resume(config, trainer, states) -> int:
       f'but this run has {_lora_record(config)}; use the same settings, another '
       '--workdir or --config.checkpoint.resume=False'
     )
-  restored = states.restore_latest(trainer.state)
+  restored = states.restore_latest(trainer.state if pipe is None else pipe.saved())
   if restored is None:
     return 0
   state, record = restored
@@ -162,20 +184,23 @@ def _resume(config, trainer, states) -> int:
       f'{trainer.ref_fingerprint}): other weights or another seed; use another '
       '--workdir or --config.checkpoint.resume=False'
     )
-  trainer.state = state
+  if pipe is None:
+    trainer.state = state
+  else:
+    pipe.restore(state)
   update = int(record['update'])
   print(f'resuming from {states.directory}/{update} (update {update})')
   return update
 
 
-def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -> dict:
-  """Updates ``start .. num_updates - 1``; returns the last update's metrics.
+def _run_updates(config, model, pipe, states, writer, workdir, start, stop) -> dict:
+  """Updates ``start .. num_updates - 1`` through ``pipe`` (`rl.pipeline`);
+  returns the last update's metrics.
 
   Saves the train state every ``config.checkpoint.every`` updates and at the
   end; after a SIGTERM/SIGINT it saves and raises `Preempted`.
   """
-  rl = config.rl
-  key = jax.random.key(config.seed)
+  rl, trainer = config.rl, pipe.trainer
   metrics = {}
   bar = tqdm.trange(
     start,
@@ -184,13 +209,9 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
     initial=start,
     disable=not distributed.is_main(),
   )
-  source = prompt_sources.from_config(config)
   for update in bar:
-    prompts = loop.update_prompts(config, update, source)
     try:
-      metrics, ro, scored, phase = trainer.run_update(
-        update, prompts, jax.random.fold_in(key, update)
-      )
+      metrics, ro, scored, phase = pipe.run(update)
     except loop.NonFiniteError as e:
       path = _save(
         config, trainer, workdir, f'nonfinite_update{update}', update, metrics
@@ -210,7 +231,7 @@ def _run_updates(config, model, trainer, states, writer, workdir, start, stop) -
       )
     done = update + 1
     if done % config.checkpoint.every == 0 or done == rl.num_updates or stop.signum:
-      path = states.save(done, trainer.state, _run_record(config, trainer, done))
+      path = states.save(done, pipe.saved(), _run_record(config, trainer, done))
     if stop.signum:
       bar.close()
       writer.close()
@@ -227,6 +248,7 @@ def _check(config, model):
   """Bad rewards, prompts or batch shapes fail here, before anything loads or
   compiles."""
   batch_check.check_batches(config)
+  pipeline.check(config)
   reward_api.parse(config.rl.rewards)
   source = prompt_sources.from_config(config)
   if isinstance(source, prompt_sources.TextPrompts):
@@ -291,10 +313,16 @@ def train(config, workdir: str, pool=None) -> dict:
       fs.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
     )
     try:
-      start = _resume(config, trainer, states) if config.checkpoint.resume else 0
+      pipe = pipeline.build(
+        config,
+        trainer,
+        lambda u: loop.update_prompts(config, u, prompt_source),
+        jax.random.key(config.seed),
+      )
+      start = _resume(config, trainer, states, pipe) if config.checkpoint.resume else 0
       with _StopFlag() as stop:
         metrics = _run_updates(
-          config, model, trainer, states, writer, workdir, start, stop
+          config, model, pipe, states, writer, workdir, start, stop
         )
     finally:
       states.close()
@@ -342,7 +370,16 @@ def main(argv):
   cli.setup_compilation_cache(_CONFIG.value)
   # Before any JAX computation: a multi-host job joins its processes here.
   cli.run_reporting_errors(distributed.initialize, _CONFIG.value)
-  cli.run_reporting_errors(train, _CONFIG.value, _WORKDIR.value)
+  cli.run_reporting_errors(_train_or_exit_diverged, _CONFIG.value, _WORKDIR.value)
+
+
+def _train_or_exit_diverged(config, workdir: str) -> dict:
+  try:
+    return train(config, workdir)
+  except loop.NonFiniteError as e:
+    # Not bad input (exit 2): a retry from the saved state diverges again.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_NONFINITE)
 
 
 if __name__ == '__main__':

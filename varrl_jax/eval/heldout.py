@@ -93,6 +93,13 @@ def evaluate(config, model, params, reward, source, workdir: str, name: str, mes
         {'split': eval_split(config, source), 'metrics': report.flat}, indent=2
       ),
     )
+    if getattr(report, 'records', None) is not None:
+      # Per image (prompt key, targets, reading, words right): what paired
+      # comparisons of two runs on the same prompts and keys need.
+      fs.write_text(
+        fs.join(out, 'records.jsonl'),
+        ''.join(json.dumps(r, default=float) + '\n' for r in report.records),
+      )
   return report
 
 

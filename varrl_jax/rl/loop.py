@@ -200,9 +200,13 @@ class Trainer:
   def params(self) -> dict:
     """The policy's params; with LoRA the base with the adapters merged (a
     new transformer-sized buffer on every call)."""
+    return self.policy_params(self.state.params)
+
+  def policy_params(self, trainable) -> dict:
+    """The policy's params from trainable params of `self.state`'s layout."""
     if self.lora is None:
-      return {'tokenizer': self.tokenizer_params, 'transformer': self.state.params}
-    merged = self._merge(self.ref_params, self.state.params)
+      return {'tokenizer': self.tokenizer_params, 'transformer': trainable}
+    merged = self._merge(self.ref_params, trainable)
     return {'tokenizer': self.tokenizer_params, 'transformer': merged}
 
   def checkpoint_parts(self) -> tuple[dict, dict]:
@@ -252,8 +256,14 @@ class Trainer:
       empty=mp.empty,
     )
 
-  def build_batch(self, ro: rollout.Rollout, scored: rollout.Scored, phase: str):
-    """Advantages, masks and weights of one update; returns (batch, stats)."""
+  def build_batch(
+    self, ro: rollout.Rollout, scored: rollout.Scored, phase: str, on_policy=True
+  ):
+    """Advantages, masks and weights of one update; returns (batch, stats).
+
+    ``on_policy``: ``ro`` was sampled with the current params (the step then
+    takes its own log-probs as log pi_old); otherwise log pi_old is the
+    sampler's recorded log-prob of the behaviour params (`rl.pipeline`)."""
     rl = self.config.rl
     p, g, k = ro.shape
     rewards = scored.rewards  # [P, G, K]
@@ -310,7 +320,7 @@ class Trainer:
       'advantages': put_rows(adv, np.float32),
       'mask': put_rows(mask, np.float32),
       'weights': self._replicated(np.asarray(weights)),
-      'on_policy': self._replicated(np.float32(1.0)),
+      'on_policy': self._replicated(np.float32(on_policy)),
     }
     stats.update(
       {
@@ -323,40 +333,34 @@ class Trainer:
     )
     return batch, stats
 
-  def update(self, batch) -> dict:
-    """``config.rl.inner_updates`` GRPO steps on one batch; metrics of the last."""
+  def update(self, batch, on_policy=True, while_stepping=None) -> dict:
+    """``config.rl.inner_updates`` GRPO steps on one batch; metrics of the last.
+
+    On policy, the first step's log-probs are log pi_old of the later ones;
+    off policy every step keeps the batch's (the behaviour policy's).
+    ``while_stepping()`` runs on the host once the steps are dispatched."""
     metrics = {}
     for inner in range(self.config.rl.inner_updates):
       self.state, metrics, logp = self.step_fn(self.state, batch, *self._base)
-      if inner == 0:
+      if inner == 0 and on_policy:
         batch = dict(batch, old_logp=logp, on_policy=self._replicated(np.float32(0.0)))
+    if while_stepping is not None:
+      while_stepping()
     return jax.device_get(metrics)
 
-  def reward_metrics(self, scored: rollout.Scored) -> dict[str, float]:
-    """Total, per-term and diagnostic reward metrics (module docstring)."""
-    p = scored.rewards.shape[0]
-    out = {
-      'reward/mean': float(scored.rewards.mean()),
-      'reward/std': float(scored.rewards.std()),
-    }
-    shares = reward_api.advantage_shares(
-      {n: v.reshape(p, -1) for n, v in scored.terms.items()},
-      self.reward.weights,
-      self.config.rl.adv_eps,
-    )
-    for name, values in scored.terms.items():
-      out[f'reward/{name}/mean'] = float(values.mean())
-      out[f'reward/{name}/std'] = float(values.std())
-      out[f'reward/{name}/adv_share'] = shares[name]
-    for name, values in scored.diagnostics.items():
-      out[f'reward/{name}'] = float(values.mean())
-    return out
+  def run_update(self, update: int, prompts, key):
+    """One synchronous outer update: rollout with the current params, then
+    `learn`. Returns (flat metrics, rollout, scored, phase)."""
+    return self.learn(update, self.rollout(prompts, key))
 
-  def run_update(self, update: int, prompts, key) -> dict:
-    """One outer update: rollout, rewards, batch, GRPO steps. Returns flat metrics."""
+  def learn(
+    self, update: int, ro: rollout.Rollout, on_policy=True, while_stepping=None
+  ):
+    """Rewards of ``ro`` (submitted), batch and GRPO steps of update ``update``;
+    ``on_policy``, ``while_stepping``: `update`. Returns (flat metrics,
+    rollout, scored, phase)."""
     rl = self.config.rl
     phase = phase_of(update, self.method, rl.vmr.prefix_updates, rl.vmr.suffix_updates)
-    ro = self.rollout(prompts, key)
     scored = rollout.score(ro, self.reward)
     if not np.isfinite(scored.rewards).all():
       raise NonFiniteError(f'non-finite reward at update {update}')
@@ -369,8 +373,8 @@ class Trainer:
         rl.mode,
       )
     t0 = time.time()
-    batch, stats = self.build_batch(ro, scored, phase)
-    metrics = self.update(batch)
+    batch, stats = self.build_batch(ro, scored, phase, on_policy)
+    metrics = self.update(batch, on_policy, while_stepping)
     step_seconds = time.time() - t0
     if not np.isfinite(metrics['loss']):
       raise NonFiniteError(
@@ -379,7 +383,7 @@ class Trainer:
     flat = {
       'phase/prefix': float(phase == 'prefix'),
       'phase/suffix': float(phase == 'suffix'),
-      **self.reward_metrics(scored),
+      **rollout.reward_metrics(scored, self.reward, rl.adv_eps),
       'time/sample_s': ro.sample_seconds,
       'time/reward_wait_s': scored.wait_seconds,
       'time/step_s': step_seconds,

@@ -1,0 +1,244 @@
+r"""The RL update pipeline: sync vs overlap (``config.rl.pipeline``).
+
+Run from the repository root:
+
+  python -m benchmarks.pipeline                         # speed, tiny, ~10 min
+  python -m benchmarks.pipeline --part=accuracy --workdir=/tmp/pipe_acc \
+      --seeds=0,1,2                                     # held-out, ~1 h on 2 cores
+
+``--part=speed``: real RL updates of ``--config`` (its weights, its reward and
+OCR pool) on one trainer and one pool, in blocks of ``--block`` updates that
+alternate sync and overlap (``--rounds`` blocks of each), so that load
+changes on a shared machine hit both. A sync update's parts are timed
+separately: sampling (``time/sample_s``), OCR (the pool's busy time,
+``ocr/seconds``) and the step (``time/step_s``: batch, reference forward,
+GRPO steps). The first update of every overlap block fills the pipeline (it
+samples its own rollout first) and is not counted; at the end of a block the
+rollout in flight is read and dropped, untimed. The first update of each
+phase is run untimed first in both modes (compiles). Prints the median
+seconds per update of each mode, the sync parts, and last
+
+  sync_vs_max_part N.NNx      sync s/update / max(sampling, OCR, step)
+  overlap_vs_max_part N.NNx   overlap s/update / max(sampling, OCR, step)
+
+(the parts are those of the sync updates of the same run: run alone, each
+part has the machine to itself).
+
+``--part=accuracy``: for each seed of ``--seeds`` trains ``--config`` with
+``--config.seed=S --config.rl.data_seed=S`` in both pipelines (the same
+command line otherwise: ``python -m varrl_jax.train``, one process per run,
+``--updates`` updates), each run's held-out evaluation on the same
+``--eval_prompts`` prompts with the same sampling keys (``eval.seed``
+fixed), and reports held-out Word Accuracy per run and the paired difference
+overlap - sync with a 95% bootstrap interval over seeds and prompts
+(resampling seeds, then prompts within each). Finished runs (with
+``eval_after/records.jsonl``) are not rerun: the sweep resumes after an
+interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from varrl_jax import cli
+from varrl_jax.data import prompt_sources
+from varrl_jax.models.family import build_model
+from varrl_jax.rewards import api as reward_api
+from varrl_jax.rl import loop, pipeline, rollout
+from varrl_jax.weights import load_weights
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'RL config.')
+_PART = flags.DEFINE_enum('part', 'speed', ['speed', 'accuracy'], 'What to measure.')
+_BLOCK = flags.DEFINE_integer('block', 4, 'Updates per block (speed).')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Blocks of each mode (speed).')
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/pipeline_accuracy', 'Runs (accuracy).')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (accuracy).')
+_UPDATES = flags.DEFINE_integer('updates', 24, 'RL updates per run (accuracy).')
+_EVAL_PROMPTS = flags.DEFINE_integer('eval_prompts', 128, 'Held-out prompts.')
+_BOOT = flags.DEFINE_integer('bootstrap', 10000, 'Bootstrap resamples.')
+
+
+def _drain(pipe) -> None:
+  """Reads and drops the overlap pipeline's rollout in flight."""
+  if getattr(pipe, 'pending', None) is not None:
+    rollout.score(pipe.pending[1], pipe.trainer.reward)
+  if isinstance(pipe, pipeline.Overlap):
+    # The next block starts from the current params, as a fresh run would.
+    pipe.pending = pipe.behaviour = None
+
+
+def speed(config) -> None:
+  rl = config.rl
+  rl.num_updates = 10**6  # an overlap block always has a next update
+  model = build_model(config)
+  params, source = load_weights(config, model)
+  method = loop.Method.from_config(config, model)
+  cycle = rl.vmr.prefix_updates + rl.vmr.suffix_updates if method.use_vmr else 1
+  prompts = prompt_sources.from_config(config)
+  key = jax.random.key(config.seed)
+  times = {'sync': [], 'overlap': []}
+  parts = {'sample': [], 'ocr': [], 'step': []}
+  with reward_api.build(config) as reward:
+    trainer = loop.Trainer(config, model, params, reward)
+    pipes = {
+      name: cls(trainer, lambda u: loop.update_prompts(config, u, prompts), key, 10**6)
+      for name, cls in (('sync', pipeline.Sync), ('overlap', pipeline.Overlap))
+    }
+    t0 = time.time()
+    update = 0
+    for name in pipes:  # compile every phase's programs in both modes
+      for _ in range(cycle + (name == 'overlap')):
+        pipes[name].run(update)
+        update += 1
+      _drain(pipes[name])
+    warm_s = time.time() - t0
+    for r in range(2 * _ROUNDS.value):
+      name = ('sync', 'overlap')[(r + r // 2) % 2]  # s o o s s o ...
+      pipe = pipes[name]
+      for i in range(_BLOCK.value):
+        metrics = pipe.run(update)[0]
+        update += 1
+        if name == 'overlap' and i == 0:
+          continue
+        times[name].append(metrics['time/update_s'])
+        if name == 'sync':
+          parts['sample'].append(metrics['time/sample_s'])
+          parts['ocr'].append(metrics.get('ocr/seconds', 0.0))
+          parts['step'].append(metrics['time/step_s'])
+      _drain(pipe)
+  med = {k: statistics.median(v) for k, v in {**times, **parts}.items()}
+  print(
+    f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; weights: {source}'
+  )
+  print(
+    f'config: {rl.mode}, {rl.prompts_per_update} prompts x G {rl.group_size} x K '
+    f'{rl.vmr.num_branches}, {rl.rollout_chunks} chunks; reward {reward.name}, '
+    f'OCR {config.ocr.engine} x {config.ocr.num_workers} worker(s); warm-up {warm_s:.0f} s'
+  )
+  print(
+    f'timed: {len(times["sync"])} sync and {len(times["overlap"])} overlap updates '
+    f'({_ROUNDS.value} blocks of {_BLOCK.value} each, alternating)'
+  )
+  print(
+    'sync parts (median s): '
+    + ', '.join(f'{k} {med[k]:.2f}' for k in ('sample', 'ocr', 'step'))
+  )
+  biggest = max(med['sample'], med['ocr'], med['step'])
+  for name in times:
+    spread = f'{min(times[name]):.2f}-{max(times[name]):.2f}'
+    print(f'{name:8s} {med[name]:6.2f} s/update (min-max {spread})')
+  print(f'overlap_speedup {med["sync"] / med["overlap"]:.2f}x')
+  print(f'sync_vs_max_part {med["sync"] / biggest:.2f}x')
+  print(f'overlap_vs_max_part {med["overlap"] / biggest:.2f}x')
+
+
+def _run_dir(seed: str, name: str) -> str:
+  return os.path.join(_WORKDIR.value, f'seed{seed}_{name}')
+
+
+def _train(config_arg: str, seed: str, name: str, extra: list[str]) -> None:
+  run_dir = _run_dir(seed, name)
+  if os.path.exists(os.path.join(run_dir, 'eval_after', 'records.jsonl')):
+    print(f'{run_dir}: done')
+    return
+  cmd = [
+    sys.executable,
+    '-m',
+    'varrl_jax.train',
+    f'--config={config_arg}',
+    f'--workdir={run_dir}',
+    f'--config.seed={seed}',
+    f'--config.rl.data_seed={seed}',
+    f'--config.rl.pipeline={name}',
+    f'--config.rl.num_updates={_UPDATES.value}',
+    f'--config.eval.num_prompts={_EVAL_PROMPTS.value}',
+    *extra,
+  ]
+  print(' '.join(cmd), flush=True)
+  t0 = time.time()
+  subprocess.run(cmd, check=True)
+  print(f'{run_dir}: {time.time() - t0:.0f} s', flush=True)
+
+
+def _correct(seed: str, name: str) -> dict[str, tuple[int, int]]:
+  path = os.path.join(_run_dir(seed, name), 'eval_after', 'records.jsonl')
+  with open(path) as f:
+    rows = [json.loads(line) for line in f]
+  return {r['key']: (r['n_correct'], r['n_words']) for r in rows}
+
+
+def paired_interval(pairs: list[np.ndarray], resamples: int, seed: int = 0):
+  """Word Accuracy difference and its 95% bootstrap interval.
+
+  ``pairs``: per seed, int [N, 4] of (correct_a, words_a, correct_b,
+  words_b) per prompt (the same prompts in both runs). The statistic is the
+  difference of pooled Word Accuracies (b - a) over all seeds' prompts; a
+  resample draws seeds with replacement, then prompts within each."""
+  rng = np.random.default_rng(seed)
+
+  def stat(blocks):
+    tot = np.sum([b.sum(0) for b in blocks], axis=0)
+    return tot[2] / tot[3] - tot[0] / tot[1]
+
+  draws = []
+  for _ in range(resamples):
+    seeds = rng.integers(len(pairs), size=len(pairs))
+    draws.append(
+      stat([pairs[s][rng.integers(len(pairs[s]), size=len(pairs[s]))] for s in seeds])
+    )
+  lo, hi = np.percentile(draws, [2.5, 97.5])
+  return stat(pairs), lo, hi
+
+
+def accuracy(config_arg: str, extra: list[str]) -> None:
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  for seed in _SEEDS.value:
+    for name in pipeline.PIPELINES:
+      _train(config_arg, seed, name, extra)
+  pairs = []
+  print(f'{"seed":>5s} {"sync WA":>8s} {"overlap WA":>10s}')
+  for seed in _SEEDS.value:
+    a, b = _correct(seed, 'sync'), _correct(seed, 'overlap')
+    keys = sorted(a)
+    if sorted(b) != keys:
+      raise ValueError(f'seed {seed}: the two runs were evaluated on other prompts')
+    block = np.array([[*a[k], *b[k]] for k in keys])
+    pairs.append(block)
+    s = block.sum(0)
+    print(f'{seed:>5s} {s[0] / s[1]:8.4f} {s[2] / s[3]:10.4f}')
+  diff, lo, hi = paired_interval(pairs, _BOOT.value)
+  n = sum(len(p) for p in pairs)
+  print(
+    f'overlap - sync held-out Word Accuracy: {diff:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] '
+    f'({len(pairs)} seeds x {n // len(pairs)} prompts, {_UPDATES.value} updates)'
+  )
+  print(f'overlap_minus_sync_word_accuracy {diff:+.4f}')
+
+
+def main(argv):
+  if _PART.value == 'speed':
+    del argv
+    speed(_CONFIG.value)
+    return
+  # The train runs get this command's --config argument and its overrides.
+  config_arg = next(
+    (a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')),
+    'configs/tiny.py',
+  )
+  extra = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  del argv
+  accuracy(config_arg, extra)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
