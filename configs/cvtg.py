@@ -73,7 +73,7 @@ def nextflow_like():
   # ~11k tokens: plain attention's [T, T] scores need ~1 TB per chip; the
   # Pallas splash kernel (TPU only) fits. The paper's 256 x 11,108-token
   # update (512 rows with the CFG branch) compiles to 64.0 of 95 GiB per
-  # v5p chip on v5p-128 (python -m varrl_jax.aot, README).
+  # v5p chip on v5p-128 (python -m varrl_jax.aot, docs/tpu.md).
   config.model.attention = 'splash'
 
   config.sampling.cfg_scale = 5.0
@@ -93,7 +93,7 @@ def infinity(model: str, resolution: int = 1024):
   # branch, runs K M of them). At 1024^2 the 2B needs M = 4 on v5p-32 (63.7
   # of 95 GiB per chip; a 256-sequence step in one pass asks 136 GiB, with 2
   # micro-batches 120), the 8B M = 2 on v5p-128 (60.4 GiB; 115 GiB in one
-  # pass): python -m varrl_jax.aot, README. Larger slices fit with less
+  # pass): python -m varrl_jax.aot, docs/infinity.md. Larger slices fit with less
   # (--config.rl.train_microbatches=1 is one pass).
   config.rl.train_microbatches = MICROBATCHES[model] if resolution == 1024 else 1
   config.tokenizer.dtype = 'bfloat16'
@@ -139,6 +139,14 @@ def paper_rl(config):
   config.rl.weight_decay = 0.05
   config.rl.clip_eps = 0.2
   config.rl.kl_beta = 0.04
+  # OCR workers per host (benchmarks/ocr_pod_budget.py, 2026-12-05: rapidocr
+  # 0.32 s, easyocr 6.4 s of CPU per 1024^2 image, one thread). v5p-128 = 16
+  # hosts: 512 images / 16 = 32 per host per update, 8 per rollout chunk.
+  # Under the GRPO step (12.3 s roofline) with margin 1.5: ceil(32 /
+  # floor(8.2 / 0.32)) = 2 workers. With rl.pipeline='sync' a chunk's OCR
+  # overlaps only the next chunk's sampling (0.77 s roofline): ceil(8 /
+  # floor(0.51 / 0.32)) = 8, one image per worker per chunk; 8 of 208 vCPUs.
+  # (easyocr would need 32 and could not keep pace with the chunks.)
   config.ocr.num_workers = 8
   # The sampler and the GRPO step take minutes to compile (565 s and 78 s
   # for nextflow_like on a v5p-128 AOT build): a resumed job reuses them.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import toy_config
-from varrl_jax import checkpoint
+from varrl_jax import checkpoint, train_checkpoints
 from varrl_jax.models.family import build_model
 
 # A restore of a damaged checkpoint leaves orbax futures whose callbacks fire
@@ -151,7 +151,7 @@ def test_fingerprint_checksums_match_their_definition():
       sum(int(b) for b in bits) % 2**32,
       sum(_fmix32(int(b) ^ _fmix32(i)) for i, b in enumerate(bits)) % 2**32,
     ]
-    got = np.asarray(checkpoint._leaf_checksums(jnp.asarray(x)))
+    got = np.asarray(train_checkpoints._leaf_checksums(jnp.asarray(x)))
     assert got.dtype == np.uint32
     assert got.tolist() == want, x.dtype
 

@@ -43,7 +43,7 @@ _NUM = flags.DEFINE_integer('num_per_prompt', 4, 'Images per prompt.')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/sample', 'Output folder.')
 _SEED = flags.DEFINE_integer('seed', None, 'Sampling seed (default: config.seed).')
 _OCR = flags.DEFINE_enum(
-  'ocr', 'easyocr', ['easyocr', 'rapidocr', 'none'], 'OCR engine.'
+  'ocr', 'rapidocr', ['rapidocr', 'easyocr', 'none'], 'OCR engine.'
 )
 _RECONSTRUCT = flags.DEFINE_string(
   'reconstruct', None, 'PNG to round-trip through the tokenizer.'

@@ -320,6 +320,7 @@ def train(config, workdir: str, pool=None) -> dict:
         jax.random.key(config.seed),
       )
       start = _resume(config, trainer, states, pipe) if config.checkpoint.resume else 0
+      writer.resume_at(start)
       with _StopFlag() as stop:
         metrics = _run_updates(
           config, model, pipe, states, writer, workdir, start, stop

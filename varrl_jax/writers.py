@@ -52,6 +52,22 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
       self._tb.flush()
 
+  def resume_at(self, step: int) -> None:
+    """Drops the records of steps >= ``step`` from ``metrics.jsonl``: a run
+    resumed at update ``step`` (after a preemption, or from an older state
+    when the newest was unreadable) logs those updates again, once. The
+    file is rewritten whole (readers see the old or the new one)."""
+    if not self.enabled:
+      return
+    path = fs.join(self.logdir, 'metrics.jsonl')
+    self._file.close()
+    if fs.exists(path):
+      lines = [line for line in fs.read_text(path).splitlines() if line.strip()]
+      kept = [line for line in lines if json.loads(line)['step'] < step]
+      if len(kept) < len(lines):
+        fs.write_text(path, ''.join(line + '\n' for line in kept))
+    self._file = fs.TextAppender(path)
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()

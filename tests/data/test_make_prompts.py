@@ -123,6 +123,10 @@ def test_cli_writes_the_file_and_reports_errors_in_one_line(tmp_path):
     "error: --regions: regions '5..2': expected R or A..B with 1 <= A <= B <= 8"
   ]
   missing = _cli('--n=10', f'--out={tmp_path}/y.jsonl', f'--cvtg={tmp_path}/none')
-  assert missing.returncode == 2
+  assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
   assert missing.stderr.startswith(f'error: --cvtg={tmp_path}/none: CVTG-2K root')
-  assert _cli('--n=0', f'--out={tmp_path}/z.jsonl').returncode == 2
+  zero = _cli('--n=0', f'--out={tmp_path}/z.jsonl')
+  assert zero.returncode == 2 and not (tmp_path / 'z.jsonl').exists()
+  assert zero.stderr.strip().splitlines() == [
+    'error: --n=0: expected at least 1 prompt'
+  ]

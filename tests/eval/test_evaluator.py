@@ -144,7 +144,7 @@ def test_cli_malformed_file_is_one_line(tmp_path, content, expected):
   make_cvtg_fixture(tmp_path)
   write_bytes(tmp_path, 'CVTG/3.json', content)
   proc = _evaluate_cli(f'--data=cvtg:{tmp_path}', f'--workdir={tmp_path / "out"}')
-  assert proc.returncode != 0
+  assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and errors[0].startswith(expected), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
@@ -152,8 +152,11 @@ def test_cli_malformed_file_is_one_line(tmp_path, content, expected):
 
 def test_cli_missing_dataset_says_where_to_put_it(tmp_path):
   proc = _evaluate_cli(f'--data=cvtg:{tmp_path / "nowhere"}')
-  assert proc.returncode != 0
-  assert 'CVTG-Style' in proc.stderr and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert errors[0].startswith(f'error: CVTG-2K root {tmp_path / "nowhere"} is not a')
+  assert 'CVTG-Style' in errors[0] and 'Traceback' not in proc.stderr
 
 
 @pytest.mark.slow

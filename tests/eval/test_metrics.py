@@ -74,7 +74,7 @@ def test_nearest_rule():
   assert metrics.score_image(['aaca'], ['cbab abba'], edit_cfg).word_similarity == (
     0.5,
   )
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="unknown nearest rule 'nope'"):
     metrics.score_image(['a'], ['a'], metrics.MetricConfig(nearest='nope'))
 
 

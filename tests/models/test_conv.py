@@ -1,10 +1,13 @@
-"""The patch-matmul weight gradient equals XLA's convolution gradient."""
+"""The patch-matmul weight gradient equals XLA's convolution gradient, and the
+convolution, its input and weight gradients equal torch's (float64, CPU): an
+implementation that shares no code with the one under test."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from jax import lax
 
 from varrl_jax.models import conv as conv_lib
@@ -19,6 +22,33 @@ def _grads(fn, x, w):
     return jnp.sum(y * jnp.sin(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)))
 
   return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+
+def _torch_conv(x, w, stride, pads):
+  """(y, dx, dw) of a NHWC/HWIO convolution by torch in float64, with
+  explicit ``pads`` ((top, bottom), (left, right)) and the cotangent of
+  `_grads`."""
+  xt = torch.tensor(np.asarray(x, np.float64)).permute(0, 3, 1, 2).requires_grad_()
+  wt = torch.tensor(np.asarray(w, np.float64)).permute(3, 2, 0, 1).requires_grad_()
+  (top, bottom), (left, right) = pads
+  xp = torch.nn.functional.pad(xt, (left, right, top, bottom))
+  y = torch.nn.functional.conv2d(xp, wt, stride=stride).permute(0, 2, 3, 1)
+  cot = torch.sin(torch.arange(y.numel(), dtype=torch.float64)).reshape(y.shape)
+  (y * cot).sum().backward()
+  return (
+    y.detach().numpy(),
+    xt.grad.permute(0, 2, 3, 1).numpy(),
+    wt.grad.permute(2, 3, 1, 0).numpy(),
+  )
+
+
+def _explicit(padding, kernel):
+  """Stride-1 'SAME' / 'VALID' as ((top, bottom), (left, right))."""
+  if padding == 'VALID':
+    return ((0, 0), (0, 0))
+  if padding == 'SAME':
+    return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+  return padding
 
 
 @pytest.mark.parametrize(
@@ -54,6 +84,11 @@ def test_matmul_weight_grad_equals_xla(kernel, padding, channels):
   (dx_ours, dw_ours), (dx_xla, dw_xla) = _grads(ours, x, w), _grads(xla, x, w)
   np.testing.assert_allclose(dx_ours, dx_xla, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(dw_ours, dw_xla, rtol=1e-5, atol=1e-4)
+  # The same three against torch: float32 sums of up to 2 x 9 x 11 terms.
+  y_t, dx_t, dw_t = _torch_conv(x, w, 1, _explicit(padding, kernel))
+  np.testing.assert_allclose(ours(x, w), y_t, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dx_ours, dx_t, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dw_ours, dw_t, rtol=1e-4, atol=1e-3)
 
 
 def test_patches_match_an_hwio_kernel():
@@ -81,6 +116,11 @@ def test_other_convolutions_fall_through_to_xla():
   assert 'custom_vjp' not in str(jax.make_jaxpr(ours)(x, w))
   for a, b in zip(_grads(ours, x, w), _grads(xla, x, w), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  # Stride 2 'SAME' on 8 pixels: 4 outputs, (4 - 1) 2 + 3 - 8 = 1 pad, at the end.
+  y_t, dx_t, dw_t = _torch_conv(x, w, 2, ((0, 1), (0, 1)))
+  np.testing.assert_allclose(ours(x, w), y_t, rtol=1e-4, atol=1e-4)
+  for a, b in zip(_grads(ours, x, w), (dx_t, dw_t), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_flax_conv_keeps_its_parameters_and_output():
@@ -100,6 +140,10 @@ def test_flax_conv_keeps_its_parameters_and_output():
     return jax.grad(lambda p: jnp.sum(module.apply(p, x) ** 3))(params)
 
   np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-6)
+  # And both are the convolution with nn.Conv's kernel, plus its bias.
+  y_t, _, _ = _torch_conv(x, params['params']['kernel'], 1, ((1, 1), (1, 1)))
+  y_t = y_t + np.asarray(params['params']['bias'])
+  np.testing.assert_allclose(fast.apply(params, x), y_t, rtol=1e-4, atol=1e-5)
   for a, b in zip(
     jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(plain)), strict=True
   ):

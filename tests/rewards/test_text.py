@@ -301,5 +301,5 @@ def test_rewards_for_batch_one_minus_ned():
 
 
 def test_rewards_for_batch_length_mismatch():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='^1 target lists for 0 OCR results$'):
     text.rewards_for_batch([['a']], [])

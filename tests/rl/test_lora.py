@@ -126,7 +126,10 @@ def test_merge_is_base_plus_scaled_low_rank_product(toy):
 def test_grpo_step_trains_only_the_adapters_from_the_reference(toy):
   config, model, params = toy
   lora = lora_lib.for_model(model, 4, 8.0, TARGETS)
-  optimizer = grpo.make_optimizer(config.rl)
+  # A step large enough for a KL well above float32 rounding of e^r - r - 1.
+  rl = config.rl.copy_and_resolve_references()
+  rl.lr = 3e-3
+  optimizer = grpo.make_optimizer(rl)
   step = grpo.make_train_step(
     model, OPTS, grpo.GrpoHParams(), optimizer, 0.6, lora=lora
   )
@@ -143,13 +146,26 @@ def test_grpo_step_trains_only_the_adapters_from_the_reference(toy):
   np.testing.assert_allclose(logp, batch['ref_logp'], atol=1e-5)
   assert float(metrics['kl']) < 1e-8 and float(metrics['ratio']) == 1.0
   batch = dict(batch, old_logp=logp, on_policy=jnp.array(0.0))
-  state, metrics, _ = step(state, batch, base)
+  moved = jax.tree.map(np.array, state.params)  # the adapters after step 1
+  state, metrics, logp = step(state, batch, base)
   assert int(state.step) == 2
   for x, y in zip(_leaves(base), before):  # not donated, not changed
     np.testing.assert_array_equal(x, y)
   for x, y in zip(_leaves(state.params), _leaves(adapters)):
     assert not np.array_equal(x, y)  # every A and B moved
-  assert float(metrics['kl']) > 0
+  # Step 2 scores the policy W + (alpha / r) B A of step 1's adapters: the
+  # reference log-prob function on the merged weights gives the same, and the
+  # KL metric is the masked mean of k3 = e^r - r - 1, r = log pi_ref - log pi.
+  merged = lora.merge(base, jax.tree.map(jnp.asarray, moved))
+  want = grpo.make_logprob_fn(model, OPTS)(
+    merged, batch['cond'], batch['inputs'], batch['tokens']
+  )
+  np.testing.assert_allclose(logp, want, atol=1e-5)
+  r = np.asarray(batch['ref_logp'], np.float64) - np.asarray(logp, np.float64)
+  w = np.asarray(batch['mask']) * (np.asarray(batch['weights'])[None] > 0)
+  kl = ((np.exp(r) - r - 1) * w).sum() / w.sum()
+  assert kl > 1e-4  # the policy moved away from the reference
+  np.testing.assert_allclose(float(metrics['kl']), kl, rtol=1e-3, atol=1e-9)
 
 
 def test_var_family_trains_adapters_only():

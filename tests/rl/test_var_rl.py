@@ -71,8 +71,14 @@ def test_var_checkpoint_trains_with_the_full_method_and_resumes(
     assert r['reward/std'] > 0 and np.isfinite(r['train/loss'])
     # The per-scale metrics cover the 7 scales of the family's schedule.
     assert {f'scale{s}/kl' for s in range(7)} <= set(r)
-  # PANW: the prefix update weighs scales <= m = 3, the suffix the rest.
-  assert records[0]['scale4/panw_weight'] > 0
+  # PANW: k_s = (h_s w_s)^-alpha on the 1, 2, 3, 4, 5, 6, 8 grids; VMR: the
+  # prefix update trains scales <= m = 3 only, the suffix update the rest.
+  alpha = var_fixture.config().rl.panw.alpha
+  for r in records:
+    for s, side in enumerate((1, 2, 3, 4, 5, 6, 8)):
+      assert r[f'scale{s}/panw_weight'] == pytest.approx(side ** (-2 * alpha))
+  assert all(records[0][f'scale{s}/grad_share'] == 0.0 for s in (4, 5, 6))
+  assert all(records[1][f'scale{s}/grad_share'] == 0.0 for s in (0, 1, 2, 3))
   warnings = [r for r in caplog.records if 'gives no regions' in r.getMessage()]
   assert len(warnings) == 1
   assert result['after'].n_images == 2
