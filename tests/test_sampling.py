@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from varrl_jax import policy as policy_lib
 from varrl_jax import sampling
 from varrl_jax.policy import SamplingOptions
 
@@ -138,8 +139,15 @@ def test_greedy_is_argmax(toy):
   a = s.sample(params, cond, jax.random.key(0))
   b = s.sample(params, cond, jax.random.key(1))
   np.testing.assert_array_equal(a.tokens, b.tokens)
-  logits = sampling.logprobs(model, params, cond, a.tokens, s.opts)
-  assert logits.shape == a.tokens.shape
+  # Every token is the argmax of the teacher-forced policy logits given the
+  # tokens before it (no KV cache), and its log-prob that logit's log-softmax.
+  logits = jax.jit(policy_lib.policy_logits, static_argnums=(0, 4))(
+    model, params, cond, a.tokens, s.opts
+  )
+  np.testing.assert_array_equal(a.tokens, jnp.argmax(logits, axis=-1))
+  np.testing.assert_allclose(
+    a.logprobs, jax.nn.log_softmax(logits, axis=-1).max(-1), atol=1e-4
+  )
 
 
 @pytest.mark.parametrize(
@@ -154,3 +162,45 @@ def test_greedy_is_argmax(toy):
 def test_bad_options(kw, message):
   with pytest.raises(ValueError, match=message):
     SamplingOptions(**kw)
+
+
+def _numpy_keep(logits, top_k, top_p):
+  """Reference truncation: sort, top-k, softmax over the survivors, cumsum."""
+  x = np.asarray(logits, np.float64)
+  out = np.zeros(x.shape, bool)
+  for i, row in enumerate(x):
+    cand = np.sort(row)[::-1][: top_k or len(row)]
+    probs = np.exp(cand - cand[0])
+    probs /= probs.sum()
+    keep = np.cumsum(probs) - probs < top_p
+    out[i] = row >= cand[keep].min()
+  return out
+
+
+@pytest.mark.parametrize('top_k', [0, 3, 40, 250])
+@pytest.mark.parametrize('top_p', [1.0, 0.9, 0.3])
+def test_keep_threshold_matches_sorting(top_k, top_p):
+  """Both threshold paths (lax.top_k for small k, bisection on the values'
+  bits for large k and for top-p alone) keep exactly the sorted reference's
+  set, ties included."""
+  logits = 3.0 * jax.random.normal(jax.random.key(top_k), (8, 300))
+  logits = logits.at[:, 5].set(logits[:, 7])  # a tie in every row
+  logits = logits.at[0].set(jnp.round(logits[0]))  # many ties
+  kept = np.asarray(sampling.filter_logits(logits, top_k, top_p)) > -1e30
+  want = _numpy_keep(logits, top_k, top_p)
+  np.testing.assert_array_equal(kept, want)
+  assert kept.sum(-1).min() >= 1
+
+
+def test_draw_frequencies_follow_the_truncated_softmax():
+  probs = np.array([0.5, 0.3, 0.15, 0.05])
+  logits = jnp.tile(jnp.log(jnp.asarray(probs, jnp.float32)), (20000, 1))
+  for opts, want in [
+    (SamplingOptions(), probs),
+    (SamplingOptions(top_k=2), np.array([0.625, 0.375, 0, 0])),
+    (SamplingOptions(top_p=0.81), np.array([0.5, 0.3, 0.15, 0]) / 0.95),
+  ]:
+    ids = np.asarray(sampling.draw(jax.random.key(1), logits, opts))
+    freq = np.bincount(ids, minlength=4) / len(ids)
+    np.testing.assert_allclose(freq, want, atol=0.015)
+    assert freq[want == 0].sum() == 0

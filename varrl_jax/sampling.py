@@ -1,7 +1,8 @@
 """KV-cached next-scale sampler.
 
 One jitted program per call shape: prefill the prompt (and the null prompt
-when CFG is on) into a KV cache, then unroll all scales with static per-scale
+when CFG is on: one row of it, repeated, where the family's null rows are all
+alike) into a KV cache, then unroll all scales with static per-scale
 shapes. At scale s the input is f_hat (scales < s) area-resized to
 (h_s, w_s); the scale's logits come from one transformer pass over its n_s
 tokens against the cache; tokens are drawn from the guided logits at the
@@ -197,11 +198,14 @@ class Sampler:
     self.trace_count += 1
     model, opts = self.model, self.opts
     b = jax.tree.leaves(cond)[0].shape[0]
-    if opts.uses_uncond:
-      cond = model.with_null(cond)
-    rows = jax.tree.leaves(cond)[0].shape[0]
-    cache = model.init_cache(rows, self.cache_dtype)
-    ctx, cache = model.prefill(params['transformer'], cond, cache)
+    if opts.uses_uncond and model.shared_null_prefill:
+      ctx, cache = self._prefill_shared_null(params['transformer'], cond, b)
+    else:
+      if opts.uses_uncond:
+        cond = model.with_null(cond)
+      rows = jax.tree.leaves(cond)[0].shape[0]
+      cache = model.init_cache(rows, self.cache_dtype)
+      ctx, cache = model.prefill(params['transformer'], cond, cache)
     sched = model.schedule
     return SamplerState(
       cache=cache,
@@ -210,6 +214,30 @@ class Sampler:
       tokens=model.empty_tokens(b),
       logprobs=jnp.zeros((b, sched.num_tokens), jnp.float32),
     )
+
+  def _prefill_shared_null(self, transformer_params, cond, b: int):
+    """(ctx, cache) of [cond; null] with the null prefix prefilled once.
+
+    Every null row of a CFG batch holds the same prompt: its prefix is
+    computed for one row and repeated (at VAR-d16 size with CFG, 3/8 of the
+    prefill's FLOPs saved: B + 1 rows instead of 2B).
+    """
+    model = self.model
+    ctx, cache = model.prefill(
+      transformer_params, cond, model.init_cache(b, self.cache_dtype)
+    )
+    null = jax.tree.map(jnp.asarray, model.null_cond(1))
+    null_ctx, null_cache = model.prefill(
+      transformer_params, null, model.init_cache(1, self.cache_dtype)
+    )
+
+    def stack(x, one, axis):
+      shape = (*one.shape[:axis], b, *one.shape[axis + 1 :])
+      return jnp.concatenate([x, jnp.broadcast_to(one, shape)], axis=axis)
+
+    cache = jax.tree.map(lambda c, n: stack(c, n, 1), cache, null_cache)
+    ctx = jax.tree.map(lambda c, n: stack(c, n, 0), ctx, null_ctx)
+    return ctx, cache
 
   def _scale_logits(self, logits_nbv, s: int):
     """(guided logits to draw from, policy logits / T) of one scale."""

@@ -21,43 +21,105 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+# Up to this k the top-k threshold comes from ``lax.top_k`` (XLA:CPU's partial
+# sort: ~1 ms for 8 x 100 x 1024 logits at k = 2); above it from a bisection
+# (k = 900 of 4096, 4 x 256 rows: ~0.1 s against ~1.1 s for ``lax.top_k``).
+SMALL_TOP_K = 16
+
+
+def _ordered(x):
+  """float32 -> uint32 in the same order (for an exact bisection on values)."""
+  i = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(i >> 31 == 1, ~i, i | jnp.uint32(0x80000000))
+
+
+def _from_ordered(o):
+  i = jnp.where(o >> 31 == 1, o & jnp.uint32(0x7FFFFFFF), ~o)
+  return jax.lax.bitcast_convert_type(i, jnp.float32)
+
+
+def _bisect(pred, lo, hi):
+  """The smallest uint32 v in (lo, hi] with pred(v), for pred monotone
+  (false at lo, true at hi): 32 halvings of the ordered-float range."""
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = lo + (hi - lo) // 2
+    ok = pred(mid)
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+  return jax.lax.fori_loop(0, 32, body, (lo, hi))[1]
+
+
+def keep_threshold(logits, top_k: int, top_p: float):
+  """float32 [..., 1]: the logits >= it survive top-k then top-p (nucleus).
+
+  top-k: the k-th largest logit t_k. top-p over the survivors, with
+  p_i = softmax over them: the smallest survivor c whose mass strictly above,
+  sum_{x > c} p_x, is < top_p (the smallest set of highest-probability
+  tokens whose mass reaches top_p). Ties with the threshold are kept. For
+  k <= SMALL_TOP_K these come from ``lax.top_k`` and a cumsum over the k
+  sorted values (as the official VAR sampler's ``cumsum <= 1 - top_p``
+  removal); otherwise from exact bisections over the values' bit patterns,
+  with no sort of the vocabulary. -inf when nothing is cut.
+  """
+  v = logits.shape[-1]
+  use_k = 0 < top_k < v
+  if not use_k and top_p >= 1.0:
+    return jnp.full((*logits.shape[:-1], 1), -jnp.inf, logits.dtype)
+  if use_k and top_k <= SMALL_TOP_K:
+    cand = jax.lax.top_k(logits, top_k)[0]  # sorted, descending
+    if top_p >= 1.0:
+      return cand[..., -1:]
+    probs = jax.nn.softmax(cand, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    return jnp.min(jnp.where(keep, cand, jnp.inf), axis=-1, keepdims=True)
+  o = _ordered(logits)
+  top = o.max(-1, keepdims=True)
+  t = o.min(-1, keepdims=True)
+  if use_k:  # t_k = (the smallest m with count(o >= m) < k) - 1
+    count_ge = lambda m: (o >= m).sum(-1, keepdims=True, dtype=jnp.int32)  # noqa: E731
+    t = _bisect(lambda m: count_ge(m) < top_k, t, top + 1) - 1
+  if top_p < 1.0:
+    e = jnp.exp(logits - _from_ordered(top)) * (o >= t)
+    z = e.sum(-1, keepdims=True)
+    t = _bisect(lambda m: (e * (o > m)).sum(-1, keepdims=True) < top_p * z, t - 1, top)
+  return _from_ordered(t)
+
 
 def filter_logits(logits, top_k: int, top_p: float):
-  """Sets logits outside the top-k / nucleus (top-p) set to -inf.
+  """Sets logits outside the top-k / nucleus (top-p) set to the dtype's min.
 
-  top_k = 0 and top_p = 1 disable each filter. The nucleus keeps the smallest
-  set of highest-probability tokens whose mass reaches top_p (always >= 1).
-  Tokens tied with the threshold logit are kept, so ties may keep a few more.
-  Applied in this order (top-p over the top-k survivors), as the official VAR
-  sampler does; its ``cumsum(ascending) <= 1 - top_p`` removal is this rule
-  in real arithmetic.
+  top_k = 0 and top_p = 1 disable each filter; the nucleus is taken among
+  the top-k survivors, as the official VAR sampler does (`keep_threshold`).
+  Truncation never empties the set.
   """
-  neg = jnp.finfo(logits.dtype).min
-  if top_k > 0 and top_k < logits.shape[-1]:
-    candidates = jax.lax.top_k(logits, top_k)[0]  # sorted, descending
-  elif top_p < 1.0:
-    candidates = jnp.sort(logits, axis=-1)[..., ::-1]
-  else:
+  if not 0 < top_k < logits.shape[-1] and top_p >= 1.0:
     return logits
-  threshold = candidates[..., -1:]
-  if top_p < 1.0:
-    # The nucleus among the candidates (the top-k survivors): no full sort of
-    # the vocabulary when top-k is on.
-    probs = jax.nn.softmax(candidates, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p
-    threshold = jnp.min(jnp.where(keep, candidates, jnp.inf), axis=-1, keepdims=True)
-  # One masking pass with the final threshold (on XLA:CPU, V = 4096, k = 900:
-  # 0.96 s against 4.4 s for a top-k mask, a full sort and a second mask).
-  return jnp.where(logits < threshold, neg, logits)
+  neg = jnp.finfo(logits.dtype).min
+  return jnp.where(logits < keep_threshold(logits, top_k, top_p), neg, logits)
 
 
 def draw(key, logits_bnv, opts):
-  """Draws token ids [B, n] from guided logits (temperature, top-k, top-p)."""
+  """Draws token ids [B, n] from guided logits (temperature, top-k, top-p).
+
+  Inverse CDF in vocabulary order: with e_i = exp(l_i - max l) on the kept
+  tokens (0 elsewhere), c = cumsum(e) and u ~ U[0, 1), the id is the first i
+  with c_i > u c_V. One uniform per token: drawing Gumbel noise for every
+  logit (``jax.random.categorical``) cost XLA:CPU 36 ms of threefry for
+  8 x 100 x 1024 logits, this ~3 ms. Zero-mass tokens are never drawn.
+  """
   if opts.temperature == 0:
     return jnp.argmax(logits_bnv, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits_bnv / opts.temperature, opts.top_k, opts.top_p)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+  logits = logits_bnv / opts.temperature
+  t = keep_threshold(logits, opts.top_k, opts.top_p)
+  e = jnp.where(logits >= t, jnp.exp(logits - logits.max(-1, keepdims=True)), 0.0)
+  c = jnp.cumsum(e, axis=-1)
+  u = jax.random.uniform(key, (*logits.shape[:-1], 1), c.dtype) * c[..., -1:]
+  ids = (c <= u).sum(-1, dtype=jnp.int32)
+  # u rounded up to c_V: the last kept token.
+  iota = jax.lax.broadcasted_iota(jnp.int32, e.shape, e.ndim - 1)
+  return jnp.minimum(ids, jnp.max(jnp.where(e > 0, iota, 0), axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)

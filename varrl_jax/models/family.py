@@ -84,6 +84,10 @@ class NextScaleModel(abc.ABC):
   family: str
   example_prompts: tuple[str, ...] = ()  # what `varrl_jax.sample` draws by default
   dist: distributions.Categorical = distributions.Categorical()
+  # True where `with_null` appends the same null row whatever the prompt and
+  # `prefill` does work per row: the CFG sampler then prefills one null row
+  # and repeats its cache (`sampling.Sampler`).
+  shared_null_prefill: bool = False
 
   # -- static facts -----------------------------------------------------------
 

@@ -35,6 +35,7 @@ class VarrlModel(family_lib.NextScaleModel):
   # the KV-cached steps of the sampler.
   sampler_transformer: tr_lib.NextScaleTransformer
   family = 'varrl'
+  shared_null_prefill = True  # the empty prompt's text prefix
   example_prompts = (
     "a wooden sign on a wall that reads 'OPEN'",
     "a red poster that reads 'SALE'",
