@@ -77,7 +77,7 @@ def _worker_cpu_s(reward) -> float:
   """CPU seconds (user + system) used so far by the OCR worker processes."""
   ocr = reward.get('ocr')
   total = 0.0
-  for pid in ocr.pool.worker_pids() if ocr is not None else []:
+  for pid in ocr.pool.worker_pids if ocr is not None else []:
     try:
       with open(f'/proc/{pid}/stat') as f:
         fields = f.read().rsplit(')', 1)[1].split()

@@ -71,10 +71,14 @@ def nextflow_like():
   config.model.param_dtype = 'float32'
   config.model.remat = 'full'
   # ~11k tokens: plain attention's [T, T] scores need ~1 TB per chip; the
-  # Pallas splash kernel (TPU only) fits. The paper's 256 x 11,108-token
-  # update (512 rows with the CFG branch) compiles to 64.0 of 95 GiB per
-  # v5p chip on v5p-128 (python -m varrl_jax.aot, docs/tpu.md).
+  # Pallas splash kernel (TPU only) fits.
   config.model.attention = 'splash'
+  # The largest GRPO step, a suffix update of P G K = 512 sequences of
+  # 11,108 tokens (1024 rows with the CFG branch), asks 124 GiB per v5p chip
+  # on v5p-128 in one pass; in 2 micro-batches it compiles to 34.6 of 95 GiB
+  # (python benchmarks/aot_roofline.py --config=configs/cvtg.py
+  # --topology=v5p-128 --programs=train_step, 2026-12-05; docs/tpu.md).
+  config.rl.train_microbatches = 2
 
   config.sampling.cfg_scale = 5.0
   config.sampling.top_k = 2

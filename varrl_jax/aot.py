@@ -21,26 +21,22 @@ the adapters and their optimizer state, and the frozen base (which is also
 the KL reference) is an argument of the step; the sampler runs on merged
 params while the base, adapters and their optimizer state stay resident.
 
-For each, a table: per-chip HBM from ``compiled.memory_analysis()``, plus the
-buffers that stay resident while it runs (the frozen reference parameters;
-for the sampler also the optimizer state), against the chip's capacity;
-FLOPs and bytes from ``compiled.cost_analysis()`` and a roofline time
-``max(FLOPs / peak, bytes / HBM bandwidth)``. XLA counts the body of a loop
-once (the scan over layers) and sees nothing inside Pallas kernels, so the
-compute term uses the larger of XLA's count and the model's own
-(`train_flops`, `sample_flops`), and XLA's bytes are a lower bound: the
-roofline is an optimistic estimate. A program the TPU compiler refuses for
-lack of HBM is reported with the temporaries it asked for. The last line is
-the verdict, ``fit: yes (...)`` or ``fit: NO (...)`` (exit code 1).
+For each, a table (`aot_report`): per-chip HBM from
+``compiled.memory_analysis()``, plus the buffers that stay resident while it
+runs (the frozen reference parameters; for the sampler also the optimizer
+state), against the chip's capacity; FLOPs, HBM and collective bytes, the
+roofline time, what bounds it, and the MFU bound (model FLOPs / (roofline x
+peak)); for the train step also that of a whole RL update (reference
+forward + ``rl.inner_updates`` steps). A program the TPU compiler refuses
+for lack of HBM is reported with the temporaries it asked for. The last line
+is the verdict, ``fit: yes (...)`` or ``fit: NO (...)`` (exit code 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -53,6 +49,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli, parallel
+from varrl_jax.aot_report import report
 from varrl_jax.models import flops
 from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
@@ -85,9 +82,6 @@ def _define_flags():
   )
 
 
-GIB = 2**30
-
-
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """Per-chip capacity and peaks (Google Cloud TPU spec sheets, bf16)."""
@@ -96,17 +90,18 @@ class Chip:
   hbm_gib: float
   peak_tflops: float
   hbm_gbps: float
+  ici_gbps: float  # inter-chip interconnect, all links of a chip, GB/s
 
 
-# | generation | HBM / chip | bf16 peak     | HBM bandwidth |
-# | v5p        | 95 GiB     | 459 TFLOP/s   | 2765 GB/s     |
-# | v5e        | 16 GiB     | 197 TFLOP/s   |  819 GB/s     |
-# | v6e        | 32 GiB     | 918 TFLOP/s   | 1640 GB/s     |
+# | generation | HBM / chip | bf16 peak   | HBM bandwidth | ICI           |
+# | v5p        | 95 GiB     | 459 TFLOP/s | 2765 GB/s     | 4800 Gbit/s   |
+# | v5e        | 16 GiB     | 197 TFLOP/s |  819 GB/s     | 1600 Gbit/s   |
+# | v6e        | 32 GiB     | 918 TFLOP/s | 1640 GB/s     | 3584 Gbit/s   |
 # A v5p chip is one megacore device (its 2 TensorCores count as one).
 CHIPS = {
-  'v5p': Chip('TPU v5p', 95.0, 459.0, 2765.0),
-  'v5e': Chip('TPU v5e', 16.0, 197.0, 819.0),
-  'v6e': Chip('TPU v6e', 32.0, 918.0, 1640.0),
+  'v5p': Chip('TPU v5p', 95.0, 459.0, 2765.0, 600.0),
+  'v5e': Chip('TPU v5e', 16.0, 197.0, 819.0, 200.0),
+  'v6e': Chip('TPU v6e', 32.0, 918.0, 1640.0, 448.0),
 }
 
 # Chip grids of the slice sizes Cloud TPU sells, by chip count.
@@ -225,7 +220,10 @@ class Program:
   resident: int  # bytes per chip held by other buffers while it runs
   resident_what: str
   seconds: float
-  model_flops: float  # per chip, `train_flops` / `sample_flops`
+  model_flops: float  # per chip, `train_flops` / `sample_flops` (with remat)
+  mfu_flops: float = 0.0  # per chip, the same without recomputation
+  forward_flops: float = 0.0  # per chip, the reference forward of an update
+  inner_updates: int = 0  # train steps per update (0: not a train step)
 
 
 def _cond_input(mesh, model, batch: int):
@@ -329,6 +327,7 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
   hp = grpo.GrpoHParams.from_config(rl)
   if hp.micro_rows:
     lora_what += f', {b // hp.micro_rows} micro-batches of {hp.micro_rows} sequences'
+  eff = 2 * b if cfg_rows else b
   if 'train_step' in programs:
     yield Program(
       'train_step',
@@ -337,7 +336,10 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
       error,
       *step_resident,
       seconds,
-      flops.train_flops(dims, 2 * b if cfg_rows else b, sched.num_scales) / mesh.size,
+      flops.train_flops(dims, eff, sched.num_scales) / mesh.size,
+      flops.train_flops(dims, eff, sched.num_scales, remat=False) / mesh.size,
+      eff * flops.forward_flops(dims, sched.num_scales) / mesh.size,
+      int(rl.inner_updates),
     )
 
   sb = rl.prompts_per_update // rl.rollout_chunks * rl.group_size
@@ -365,71 +367,6 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
   )
 
 
-# -- report -------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Fit:
-  name: str
-  hbm_gib: float
-  capacity_gib: float
-
-  @property
-  def ok(self) -> bool:
-    return self.hbm_gib <= self.capacity_gib
-
-
-def _cost(compiled) -> tuple[float, float]:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
-
-
-def report(program: Program, chip: Chip, mesh, topology: str) -> Fit:
-  """Prints the program's table; returns its fit."""
-  shape = ' x '.join(f'{a} {mesh.shape[a]}' for a in parallel.MESH_AXES)
-  print(f'== {program.name}: {program.what}')
-  print(f'  {"mesh":<18} {shape} over {mesh.size} {chip.name} chips ({topology})')
-  if program.compiled is None:
-    print(f'  {"compile":<18} refused after {program.seconds:.1f} s: {program.error}')
-    need = re.search(r'temporaries \(([\d.]+)G\)', program.error)
-    return Fit(program.name, float(need.group(1)) if need else math.inf, chip.hbm_gib)
-  m = program.compiled.memory_analysis()
-  arg, out = m.argument_size_in_bytes, m.output_size_in_bytes
-  temp, code = m.temp_size_in_bytes, m.generated_code_size_in_bytes
-  alias = m.alias_size_in_bytes
-  total = arg + out + temp + code - alias
-  hbm = (total + program.resident) / GIB
-  flops, nbytes = _cost(program.compiled)
-  t_compute = max(flops, program.model_flops) / (chip.peak_tflops * 1e12)
-  t_memory = nbytes / (chip.hbm_gbps * 1e9)
-  bound = 'compute' if t_compute >= t_memory else 'memory'
-  rows = [
-    ('argument', f'{arg / GIB:.2f} GiB'),
-    ('output', f'{out / GIB:.2f} GiB'),
-    ('temp', f'{temp / GIB:.2f} GiB'),
-    ('generated code', f'{code / GIB:.3f} GiB'),
-    ('aliased (donated)', f'-{alias / GIB:.2f} GiB'),
-    ('total', f'{total / GIB:.2f} GiB'),
-    ('resident besides', f'{program.resident / GIB:.2f} GiB ({program.resident_what})'),
-    (
-      'HBM per chip',
-      f'{hbm:.2f} of {chip.hbm_gib:.1f} GiB ({100 * hbm / chip.hbm_gib:.0f}%)',
-    ),
-    ('FLOPs per chip', f'{flops:.3e} (XLA), {program.model_flops:.3e} (model)'),
-    ('bytes per chip', f'{nbytes:.3e} (XLA)'),
-    (
-      'roofline time',
-      f'{max(t_compute, t_memory):.3g} s ({bound}-bound at '
-      f'{chip.peak_tflops:g} TFLOP/s, {chip.hbm_gbps:g} GB/s)',
-    ),
-    ('compile time', f'{program.seconds:.1f} s'),
-  ]
-  for k, v in rows:
-    print(f'  {k:<18} {v}')
-  return Fit(program.name, hbm, chip.hbm_gib)
-
-
 def run(config, topology: str, programs=PROGRAMS) -> bool:
   """Compiles ``programs`` (default both) for ``topology``, prints the tables
   and the verdict; returns whether everything fits."""
@@ -445,7 +382,7 @@ def run(config, topology: str, programs=PROGRAMS) -> bool:
   )
   fits = []
   for program in compile_programs(config, mesh, tuple(programs)):
-    fits.append(report(program, chip, mesh, topology))
+    fits.append(report(program, chip, mesh, topology, parallel.MESH_AXES))
     sys.stdout.flush()
   ok = all(f.ok for f in fits)
   parts = ', '.join(

@@ -29,6 +29,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from varrl_jax.models.family import Cond, NextScaleModel
 
@@ -114,24 +115,38 @@ def policy_logits_from_inputs(
   inputs_blc,
   opts: SamplingOptions,
 ):
-  """As `policy_logits` from precomputed next-scale inputs [B, L, C].
+  """As `policy_logits` from precomputed next-scale inputs [B, L_p, C].
 
   The inputs depend only on the frozen tokenizer and the tokens, so the RL
   step computes them once per rollout batch and differentiates this part.
+  ``L_p`` may be the length of the first scales only (``offsets[s]`` for some
+  s): the logits of those scales, which never depend on later tokens
+  (block-causal), at the cost of those scales alone.
   """
+  sched = model.schedule
+  num_scales = scales_of_length(sched, inputs_blc.shape[1])
   if opts.uses_uncond and opts.policy == 'cfg':
     inputs = jnp.concatenate([inputs_blc, inputs_blc], axis=0)
-    logits = model.logits(transformer_params, model.with_null(cond), inputs)
+    logits = model.logits(transformer_params, model.with_null(cond), inputs, num_scales)
     cond_logits, uncond = jnp.split(logits, 2, axis=0)
-    sched = model.schedule
-    w = jnp.asarray(
-      [opts.guidance(s, sched.num_scales) for s in sched.scale_index], jnp.float32
-    )
+    index = sched.scale_index[: inputs_blc.shape[1]]
+    w = jnp.asarray([opts.guidance(s, sched.num_scales) for s in index], jnp.float32)
     w = w.reshape(1, -1, *([1] * (logits.ndim - 2)))
     logits = guide(cond_logits, uncond, w)
   else:
-    logits = model.logits(transformer_params, cond, inputs_blc)
+    logits = model.logits(transformer_params, cond, inputs_blc, num_scales)
   return logits / opts.logprob_temperature
+
+
+def scales_of_length(sched, length: int) -> int:
+  """The number of leading scales whose tokens are exactly ``length``."""
+  hits = np.flatnonzero(sched.offsets == length)
+  if length == 0 or not len(hits):
+    raise ValueError(
+      f'{length} positions are not whole leading scales of the schedule '
+      f'(scale offsets {sched.offsets.tolist()})'
+    )
+  return int(hits[0])
 
 
 def logprobs(model: NextScaleModel, params: dict, cond: Cond, tokens_bl, opts):

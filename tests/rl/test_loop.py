@@ -372,3 +372,59 @@ def test_bad_reward_or_prompts_fail_before_any_compile(tmp_path, monkeypatch):
   c.rl.prompts = 'classes:5,1000'
   with pytest.raises(ValueError, match='class 1000 is out of range'):
     train.train(c, str(tmp_path))
+
+
+def test_prefix_update_runs_on_the_prefix_positions_only(toy):
+  """A prefix batch holds the positions of scales <= m alone; its reference
+  log-probs and its step equal those of the full-length batch whose mask and
+  weights are zero past the prefix (the logits are block-causal)."""
+  import jax.numpy as jnp
+
+  from varrl_jax.rl import rollout as rollout_lib
+
+  _, model, params = toy
+  c = rl_config('full')
+  sched = model.schedule
+  with OcrPool(ReadsWhenBright, num_workers=0) as pool:
+    trainer = loop.Trainer(c, model, params, pool)
+    ro = trainer.rollout(PROMPTS, jax.random.key(0))
+    scored = rollout_lib.score(ro, trainer.reward)
+  batch, _ = trainer.build_batch(ro, scored, 'prefix')
+  n = int(sched.offsets[trainer.method.m + 1])
+  assert n < sched.num_tokens
+  assert batch['tokens'].shape[1] == batch['inputs'].shape[1] == n
+  assert batch['mask'].shape[1] == batch['weights'].shape[0] == n
+
+  rows = np.arange(0, ro.tokens.shape[0], ro.shape[2])
+  tokens = jnp.asarray(ro.tokens[rows])
+  inputs = trainer.inputs_fn(trainer.tokenizer_params, tokens)
+  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, sched.num_tokens - n)])  # noqa: E731
+  full = dict(
+    batch,
+    tokens=tokens,
+    inputs=inputs,
+    old_logp=jnp.asarray(ro.logprobs[rows]),
+    ref_logp=trainer.logprob_fn(trainer.ref_params, batch['cond'], inputs, tokens),
+    mask=pad(batch['mask']),
+    weights=pad(batch['weights']),
+  )
+  np.testing.assert_allclose(full['ref_logp'][:, :n], batch['ref_logp'], atol=1e-5)
+  outs = [
+    trainer.step_fn(jax.tree.map(jnp.copy, trainer.state), b) for b in (batch, full)
+  ]
+  (short, m_short, logp_short), (long, m_long, logp_long) = outs
+  np.testing.assert_allclose(m_short['loss'], m_long['loss'], rtol=1e-5)
+  np.testing.assert_allclose(logp_short, logp_long[:, :n], atol=1e-5)
+  # Adam divides by sqrt(v): rounding of near-zero gradients shows, bounded.
+  moved = apart = 0.0
+  for a, b, p0 in zip(
+    jax.tree.leaves(short.params),
+    jax.tree.leaves(long.params),
+    jax.tree.leaves(trainer.state.params),
+  ):
+    apart = max(apart, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
+    moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(p0)).max()))
+  assert moved > 1e-4 and apart <= 0.01 * moved, (apart, moved)
+  # Per-scale metrics cover every scale; the ones past the prefix report 0.
+  assert m_short['scale/kl'].shape == (sched.num_scales,)
+  np.testing.assert_array_equal(m_short['scale/grad_share'][trainer.method.m + 1 :], 0)

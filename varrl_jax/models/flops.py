@@ -5,7 +5,22 @@ and sees nothing inside Pallas kernels, so the compute term of the AOT
 roofline (`varrl_jax.aot`) and the benchmarks' FLOP/s use this count:
 matmuls of every layer, attention over the visible keys only (block-causal
 across scales), cross-attention to the text where a family has it, the
-vocabulary head on image tokens.
+vocabulary head on image tokens. Multiply-add = 2 FLOPs. Per row, N
+positions (prefix + image tokens), l layers, width d, h query and g kv heads
+of size D, MLP width f with m matrices (3: SwiGLU), vocabulary V on the L
+image tokens, T_x cross-attended text tokens:
+
+    F = 2 N l (d (h + 2 g) D + h D d + m d f)      projections and the MLP
+      + 4 l h D sum_q vis(q)                       q k^T and p v over the keys
+                                                   query q sees (block-causal)
+      + 2 L d V                                    the head
+      + l N (4 d h D + 4 h D T_x) + 4 l T_x d h D  cross-attention (if any)
+
+The image-input projection (latent width C << V), norms, AdaLN (one matmul
+per row), softmax, the loss and the optimizer are not counted. A train step
+is 3 F (forward, backward); rematerialisation adds a forward that the
+hardware runs but the model does not need: MFU divides model FLOPs (no
+recomputation), the roofline's compute term uses hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -32,11 +47,34 @@ def pass_flops(cfg, first: int, num_queries: int, head: bool) -> float:
   return flops + (2 * d * cfg.vocab_size * int((queries > 0).sum()) if head else 0.0)
 
 
-def train_flops(cfg, rows: int, num_scales: int) -> float:
-  """Forward, backward (2x) and, with remat, the recomputed forward."""
+def forward_flops(cfg, num_scales: int) -> float:
+  """F: one teacher-forced forward of one row over the first ``num_scales``
+  scales (the prefix and the image tokens, the head on the image tokens)."""
   n = cfg.prefix_len + int(cfg.schedule.offsets[num_scales])
-  fwd = rows * (pass_flops(cfg, 0, n, head=True) + cross_kv_flops(cfg))
-  return fwd * (3 + (cfg.remat != 'none'))
+  return pass_flops(cfg, 0, n, head=True) + cross_kv_flops(cfg)
+
+
+def train_flops(cfg, rows: int, num_scales: int, remat: bool = True) -> float:
+  """Forward, backward (2x) and, with ``remat`` and ``cfg.remat`` set, the
+  recomputed forward: ``(3 + r) F rows``. ``remat=False`` gives the model
+  FLOPs (3 F rows) that MFU divides by: recomputation is the hardware's
+  extra work, not the model's."""
+  r = int(remat and cfg.remat != 'none')
+  return rows * forward_flops(cfg, num_scales) * (3 + r)
+
+
+def rl_update_flops(
+  cfg, rows: int, num_scales: int, inner_updates: int, remat: bool = False
+) -> float:
+  """One RL update on ``rows`` rows: the reference policy's forward (the KL
+  term's log pi_ref) and ``inner_updates`` train steps, the first of which
+  takes its own log-probs as log pi_old (no separate forward):
+
+      rows F (1 + inner_updates (3 + r)),   r = 1 only with ``remat`` and
+                                            ``cfg.remat`` (hardware FLOPs)
+  """
+  fwd = rows * forward_flops(cfg, num_scales)
+  return fwd + inner_updates * train_flops(cfg, rows, num_scales, remat)
 
 
 def cross_kv_flops(cfg) -> float:

@@ -280,7 +280,10 @@ def make_train_step(
       logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps
     )
     dlogp = jax.grad(reduce)(logp, old_logp, batch)
-    abs_share = jnp.abs(dlogp).sum(0) @ onehot
+    # A prefix-phase batch holds the first L_p positions only (`rl.loop`):
+    # scales past them report 0.
+    per_scale = onehot[: logp.shape[1]]
+    abs_share = jnp.abs(dlogp).sum(0) @ per_scale
     w = batch['mask'] * (batch['weights'][None] > 0)
     ones = jnp.ones_like(logp)
     metrics = {
@@ -291,12 +294,12 @@ def make_train_step(
       'clip_frac': (clipped * w).sum() / jnp.maximum(w.sum(), 1e-12),
       'entropy': (entropy * w).sum() / jnp.maximum(w.sum(), 1e-12),
       'surrogate': (surrogate * w).sum() / jnp.maximum(w.sum(), 1e-12),
-      'scale/kl': _per_scale(kl, w, onehot),
-      'scale/entropy': _per_scale(entropy, ones, onehot),
-      'scale/ratio': _per_scale(ratio, w, onehot),
-      'scale/clip_frac': _per_scale(clipped, w, onehot),
+      'scale/kl': _per_scale(kl, w, per_scale),
+      'scale/entropy': _per_scale(entropy, ones, per_scale),
+      'scale/ratio': _per_scale(ratio, w, per_scale),
+      'scale/clip_frac': _per_scale(clipped, w, per_scale),
       'scale/grad_share': abs_share / jnp.maximum(abs_share.sum(), 1e-12),
-      'scale/mask_coverage': _per_scale(batch['mask'], ones, onehot),
+      'scale/mask_coverage': _per_scale(batch['mask'], ones, per_scale),
       'scale/panw_weight': k_s,
     }
     return new_state, metrics, logp

@@ -189,6 +189,12 @@ class Trainer:
       'prefix': (prefix, prefix[sched.scale_index].astype(np.float32)),
       'suffix': (suffix, suffix[sched.scale_index].astype(np.float32)),
     }
+    # Positions a phase's batch holds: the prefix phase's first scales only.
+    self.stage_length = {
+      'full': sched.num_tokens,
+      'prefix': int(sched.offsets[prefix.sum()]),
+      'suffix': sched.num_tokens,
+    }
 
   def _rows(self, ndim: int):
     return parallel.batch_sharding(self.mesh, ndim)
@@ -308,18 +314,24 @@ class Trainer:
       x = np.asarray(x, dtype)
       return parallel.put(x, self._rows(x.ndim))
 
+    # A prefix update's loss sees scales <= m only, whose logits never depend
+    # on later tokens (block-causal): its reference pass and step run on
+    # those n positions alone.
+    n = self.stage_length[phase]
     tokens = put_rows(ro.tokens[rows])
     cond = jax.tree.map(lambda x: put_rows(x[rows]), ro.cond)
     inputs = self.inputs_fn(self.tokenizer_params, tokens)
+    if n < tokens.shape[1]:
+      tokens, inputs = tokens[:, :n], inputs[:, :n]
     batch = {
       'cond': cond,
       'inputs': inputs,
       'tokens': tokens,
-      'old_logp': put_rows(ro.logprobs[rows]),
+      'old_logp': put_rows(ro.logprobs[rows][:, :n]),
       'ref_logp': self.logprob_fn(self.ref_params, cond, inputs, tokens),
       'advantages': put_rows(adv, np.float32),
-      'mask': put_rows(mask, np.float32),
-      'weights': self._replicated(np.asarray(weights)),
+      'mask': put_rows(mask[:, :n], np.float32),
+      'weights': self._replicated(np.asarray(weights)[:n]),
       'on_policy': self._replicated(np.float32(on_policy)),
     }
     stats.update(
