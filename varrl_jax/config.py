@@ -256,7 +256,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   # Full train-state checkpoints of an RL run, for exact resume
-  # (WORKDIR/checkpoints/state; varrl_jax/checkpoint.py TrainCheckpoints).
+  # (WORKDIR/checkpoints/state; varrl_jax/train_checkpoints.py).
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = (
     10  # save every N updates (also at the end, and on SIGTERM/SIGINT)

@@ -63,7 +63,7 @@ class MetricWriter:
     self._file.close()
     if fs.exists(path):
       lines = [line for line in fs.read_text(path).splitlines() if line.strip()]
-      kept = [line for line in lines if json.loads(line)['step'] < step]
+      kept = [line for line in lines if _step_of(line) < step]
       if len(kept) < len(lines):
         fs.write_text(path, ''.join(line + '\n' for line in kept))
     self._file = fs.TextAppender(path)
@@ -75,6 +75,15 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics.jsonl line; inf for a torn or foreign line (a
+  crash mid-write), which a resume then drops."""
+  try:
+    return float(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return float('inf')
 
 
 def read_jsonl(path: str) -> list[dict]:

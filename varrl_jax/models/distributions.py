@@ -61,7 +61,9 @@ def keep_threshold(logits, top_k: int, top_p: float):
   k <= SMALL_TOP_K these come from ``lax.top_k`` and a cumsum over the k
   sorted values (as the official VAR sampler's ``cumsum <= 1 - top_p``
   removal); otherwise from exact bisections over the values' bit patterns,
-  with no sort of the vocabulary. -inf when nothing is cut.
+  with no sort of the vocabulary. -inf when nothing is cut. With logits tied
+  at the k-th value the two paths differ in top-p: the first normalises over
+  exactly k candidates, the bisection over every survivor of the tie.
   """
   v = logits.shape[-1]
   use_k = 0 < top_k < v
@@ -107,7 +109,8 @@ def draw(key, logits_bnv, opts):
   tokens (0 elsewhere), c = cumsum(e) and u ~ U[0, 1), the id is the first i
   with c_i > u c_V. One uniform per token: drawing Gumbel noise for every
   logit (``jax.random.categorical``) cost XLA:CPU 36 ms of threefry for
-  8 x 100 x 1024 logits, this ~3 ms. Zero-mass tokens are never drawn.
+  8 x 100 x 1024 logits, this ~3 ms. Removed tokens are never drawn; the
+  kept tokens' probabilities are exact up to float32 rounding of the cumsum.
   """
   if opts.temperature == 0:
     return jnp.argmax(logits_bnv, axis=-1).astype(jnp.int32)
@@ -116,10 +119,13 @@ def draw(key, logits_bnv, opts):
   e = jnp.where(logits >= t, jnp.exp(logits - logits.max(-1, keepdims=True)), 0.0)
   c = jnp.cumsum(e, axis=-1)
   u = jax.random.uniform(key, (*logits.shape[:-1], 1), c.dtype) * c[..., -1:]
-  ids = (c <= u).sum(-1, dtype=jnp.int32)
-  # u rounded up to c_V: the last kept token.
+  # XLA's cumsum is not sequential: c may step down, or up where e = 0, by
+  # rounding. The first *kept* token with c > u is the draw (never a removed
+  # one); u rounded up to c_V gives the last kept token.
+  hit = (c > u) & (e > 0)
   iota = jax.lax.broadcasted_iota(jnp.int32, e.shape, e.ndim - 1)
-  return jnp.minimum(ids, jnp.max(jnp.where(e > 0, iota, 0), axis=-1))
+  last = jnp.max(jnp.where(e > 0, iota, 0), axis=-1)
+  return jnp.where(hit.any(-1), jnp.argmax(hit, axis=-1), last).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)

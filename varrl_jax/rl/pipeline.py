@@ -28,8 +28,9 @@ max(sampling + step, reward reading) instead of their sum.
 
 Correctness. Rollout u was sampled with the behaviour parameters
 theta_{u-1}, one update behind the parameters theta_u that the step
-updates (the first rollout of a run, and of a resumed run's first update,
-is exact: it is sampled before any step). The step's importance ratio uses
+updates (only a fresh run's first rollout is sampled with theta_0 itself;
+a resumed run's first rollout is resampled from the saved theta_{u-1}, as
+the uninterrupted run drew it). The step's importance ratio uses
 the log-probs the sampler recorded at sampling time as log pi_old (the
 batch's ``on_policy`` is 0 from the first inner update on), so
 rho = pi_theta / pi_behaviour is the exact importance weight of the
@@ -136,8 +137,14 @@ class Overlap:
       ro = rollout.finish(self._dispatch(update, self.behaviour), t.reward)
     self.pending = None
     following = update + 1
-    behaviour = self._copy(t.state.params)
-    nxt = self._dispatch(following, behaviour) if following < self.num_updates else None
+    # theta_u: the next rollout's behaviour params. The previous copy is
+    # dropped now, so the step runs beside one extra copy, not two.
+    self.behaviour = self._copy(t.state.params)
+    nxt = (
+      self._dispatch(following, self.behaviour)
+      if following < self.num_updates
+      else None
+    )
     fetched = {}
 
     def while_stepping():
@@ -145,7 +152,6 @@ class Overlap:
         fetched['ro'] = rollout.finish(nxt, t.reward)
 
     out = t.learn(update, ro, on_policy=False, while_stepping=while_stepping)
-    self.behaviour = behaviour
     if nxt is not None:
       self.pending = (following, fetched['ro'])
     out[0]['time/update_s'] = time.time() - t0
