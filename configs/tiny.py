@@ -102,6 +102,10 @@ def get_config(arg=None):
   # The main command: 1 min 11 s with both evaluations and compiles on 2
   # quiet cores (rapidocr, 2026-12-05, commit 326e448; README).
   config.rl.num_updates = 24
+  # rl.vmr.m='adaptive': at 4 prompts x G 4 x K 2 one update's prefix-share
+  # estimate varies by ~0.2 (docs/design.md, "Adaptive split m"), so the
+  # controller moves m only when its average leaves 0.3 .. 0.7.
+  config.rl.vmr.adaptive.band = 0.2
   config.ocr.num_workers = 2
 
   pt = config.pretrain

@@ -214,8 +214,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.weight_decay = 0.05  # on kernels only
   c.rl.grad_clip = 1.0  # global norm; 0 = off
   c.rl.vmr = ml_collections.ConfigDict()
-  # Split scale m: an index, 'mNNN' (pixel resolution, e.g. 'm256' at 1024^2)
-  # or 'full'. Scales <= m form the prefix.
+  # Split scale m: an index, 'mNNN' (pixel resolution, e.g. 'm256' at 1024^2),
+  # 'full', or 'adaptive' (m moves during the run by the rule of
+  # c.rl.vmr.adaptive; varrl_jax/rl/adaptive_m.py). Scales <= m form the prefix.
   c.rl.vmr.m = '2'
   c.rl.vmr.num_branches = 2  # K suffix rollouts per prefix
   c.rl.vmr.eta = 1.0  # V_m = eta log mean_k exp(R_k / eta)
@@ -226,6 +227,22 @@ def base_config() -> ml_collections.ConfigDict:
   # Group of a suffix update's advantages: 'prompt' (all G K samples of a
   # prompt) | 'prefix' (the K branches of one prefix: pure suffix credit).
   c.rl.vmr.suffix_group = 'prompt'
+  # rl.vmr.m='adaptive' (varrl_jax/rl/adaptive_m.py): each update estimates
+  # the share of the reward variance its prefix explains (one-way ANOVA over
+  # the G prefixes x K branches); an EMA of it moves m one scale down when
+  # above target + band, up when below target - band. Scales: an index, a
+  # negative index or 'mNNN', as rl.vmr.m.
+  c.rl.vmr.adaptive = ml_collections.ConfigDict()
+  # First m; 'middle' = (min + max) // 2 (NextFlow's 18 scales: 8, m160,
+  # between the paper's m128 and m256).
+  c.rl.vmr.adaptive.start = 'middle'
+  c.rl.vmr.adaptive.target = 0.5  # wanted prefix share, in (0, 1): half each
+  c.rl.vmr.adaptive.band = 0.1  # dead band around target: no move inside
+  # EMA decay of the share, in [0, 1): 0.5 weighs the last 4 updates 94%.
+  c.rl.vmr.adaptive.decay = 0.5
+  c.rl.vmr.adaptive.every = 0  # updates between decisions; 0 = one cycle (3 + 1)
+  c.rl.vmr.adaptive.min = '1'  # lowest m (VAR's scale 0 alone: one 1x1 token)
+  c.rl.vmr.adaptive.max = '-2'  # highest m; -2 = S - 2: VMR stays on
   c.rl.panw = ml_collections.ConfigDict()
   c.rl.panw.alpha = 0.6  # k_s = (h_s w_s)^-alpha; alpha = 0 when PANW is off
   c.rl.mp = ml_collections.ConfigDict()

@@ -9,9 +9,10 @@ and weights, the reward (``config.rl.rewards``; its OCR pool), held-out
 evaluation before, the update loop (rollouts of ``config.rl.prompts`` ->
 rewards -> advantages, VMR, masks -> GRPO steps), checkpoint, held-out
 evaluation after. Writes to WORKDIR: ``metrics.jsonl`` and TensorBoard
-events (one record per update: rewards total and per term, V_m, advantages,
-per-scale KL / entropy / ratio / clip fraction / gradient share / PANW
-weight / mask coverage, OCR and timing), ``masks.png`` (the propagated mask
+events (one record per update: rewards total and per term, V_m, the split
+m and its prefix share (`rl.adaptive_m`), advantages, per-scale KL /
+entropy / ratio / clip fraction / gradient share / PANW weight / mask
+coverage, OCR and timing), ``masks.png`` (the propagated mask
 at every scale over one rollout image), ``eval_before/``, ``eval_after/``,
 ``before_after.png`` and ``checkpoints/final``.
 
@@ -133,7 +134,20 @@ def _run_record(config, trainer, update: int) -> dict:
     'mode': config.rl.mode,
     'lora': _lora_record(config),
     'pipeline': config.rl.pipeline,
+    'vmr_split': _split_record(trainer),
   }
+
+
+def _split_record(trainer) -> dict:
+  """The adaptive split's state (`rl.adaptive_m`), or {'rule': 'fixed'}."""
+  split = getattr(trainer, 'split', None)  # `loop.Trainer.split`
+  return {'rule': 'fixed'} if split is None else split.record()
+
+
+def _split_setting(rule: str) -> str:
+  if rule == 'adaptive':
+    return "config.rl.vmr.m='adaptive'"
+  return 'a fixed config.rl.vmr.m'
 
 
 def _lora_record(config) -> dict:
@@ -163,6 +177,15 @@ def _resume(config, trainer, states, pipe=None) -> int:
       f'but this run has {_lora_record(config)}; use the same settings, another '
       '--workdir or --config.checkpoint.resume=False'
     )
+  rule = _split_record(trainer)['rule']
+  saved_rule = (latest or {}).get('vmr_split', {'rule': 'fixed'})['rule']
+  if latest is not None and saved_rule != rule:
+    # The adaptive split's state (m, EMA) would be dropped or made up.
+    raise ckpt_lib.CheckpointError(
+      f'{states.directory}: saved with {_split_setting(saved_rule)}, but this run '
+      f'has {_split_setting(rule)}; use the same setting, another --workdir or '
+      '--config.checkpoint.resume=False'
+    )
   restored = states.restore_latest(trainer.state if pipe is None else pipe.saved())
   if restored is None:
     return 0
@@ -188,6 +211,11 @@ def _resume(config, trainer, states, pipe=None) -> int:
     trainer.state = state
   else:
     pipe.restore(state)
+  if getattr(trainer, 'split', None) is not None:
+    try:
+      trainer.split.restore(record['vmr_split'])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ckpt_lib.CheckpointError(f'{states.directory}: {e}') from None
   update = int(record['update'])
   print(f'resuming from {states.directory}/{update} (update {update})')
   return update

@@ -12,6 +12,10 @@ from absl import logging
 SHIPPED_TINY = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'assets', 'tiny'
 )
+# The many-scale testbed (configs/small.py): eight scales, the same images.
+SHIPPED_SMALL = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'assets', 'small'
+)
 
 
 def load_weights(

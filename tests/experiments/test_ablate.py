@@ -76,8 +76,14 @@ def test_table3a_middle_scales_come_from_the_schedule():
     ('m48', 4),
   ]
   runs = studies.plan('table3a', config, seeds=2)
-  assert _names(runs) == ['m8', 'm16', 'm32', 'm48']
-  assert [r.overrides['rl.vmr.m'] for r in runs[::2]] == ['1', '2', '3', '4']
+  assert _names(runs) == ['m8', 'm16', 'm32', 'm48', 'adaptive']
+  assert [r.overrides['rl.vmr.m'] for r in runs[::2]] == [
+    '1',
+    '2',
+    '3',
+    '4',
+    'adaptive',
+  ]
   # Same resolution twice (non-square grids): the index disambiguates.
   config.image_size = (16, 32)
   config.scales = ((1, 4), (2, 4), (2, 8), (4, 8))
@@ -324,10 +330,11 @@ def test_cli_dry_run_lists_the_runs():
   assert 'table3a/m96/seed1  [todo]' in proc.stdout
   assert (
     'python -m varrl_jax.train --config=configs/tiny.py --config.rl.lr=2e-5 '
-    '--config.rl.mode=full --config.rl.vmr.m=2 --config.seed=1 '
+    '--config.eval.num_prompts=512 --config.rl.mode=full --config.rl.vmr.m=2 --config.seed=1 '
     '--config.rl.num_updates=5 --workdir=/nonexistent/ablate/table3a/m96/seed1'
   ) in proc.stdout
-  assert '4 runs of table3a' in proc.stdout
+  assert 'table3a/adaptive/seed1  [todo]' in proc.stdout
+  assert '6 runs of table3a' in proc.stdout
 
 
 class ReadsWhenBright:
@@ -357,10 +364,21 @@ def test_one_real_run_of_the_smallest_study(tmp_path):
     str(tmp_path),
     seeds=1,
     budget_updates=1,
+    only=('m16',),
     pool_factory=lambda: OcrPool(ReadsWhenBright, num_workers=0),
   )
   assert code == 0
   rec = json.loads((tmp_path / 'table3a/m16/seed0/record.json').read_text())
+  # Per image, the same prompts and keys before and after: pooled figures
+  # equal the summaries'.
+  before, after = rec['eval_before'], rec['eval_after']
+  assert len(after['words']) == 2 and before['digest'] == after['digest']
+  for arrays, key in ((before, 'word_accuracy_before'), (after, 'word_accuracy_after')):
+    assert sum(arrays['correct']) / sum(arrays['words']) == pytest.approx(rec[key])
+  assert sum(after['similarity']) / sum(after['words']) == pytest.approx(
+    rec['ned_after'], abs=1e-4
+  )
+  assert rec['eval_prompts'] == 2 and rec['default_m'] == 2  # toy: m '2' = last
   for key in ('word_accuracy_before', 'word_accuracy_after', 'ned_before', 'ned_after'):
     assert math.isfinite(rec[key]) and 0.0 <= rec[key] <= 1.0, key
   assert rec['overrides'] == {

@@ -43,8 +43,8 @@ def test_overlap_samples_one_update_behind_and_learns_off_policy(toy, monkeypatc
     dispatched[n] = _leaves(policy['transformer'])
     return dispatch(sampler, policy, prompts, g, k, m, key, chunks)
 
-  def recording_build_batch(self, ro, scored, phase, on_policy=True):
-    batch, stats = build_batch(self, ro, scored, phase, on_policy)
+  def recording_build_batch(self, ro, scored, phase, on_policy=True, **kw):
+    batch, stats = build_batch(self, ro, scored, phase, on_policy, **kw)
     batches.append((ro, batch))
     return batch, stats
 

@@ -168,6 +168,8 @@ def evaluate(
         'ocr': result.texts,
         'n_words': score.n_words,
         'n_correct': score.n_correct,
+        # Sum over the target words of 1 - NED: the image's NED numerator.
+        'similarity': float(sum(score.word_similarity)),
         'failed': result.failed,
         **({} if clip_s is None else {'clipscore': clip_s}),
       }

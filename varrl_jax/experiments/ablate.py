@@ -40,14 +40,9 @@ and ``WORKDIR/STUDY_reward.png`` (`varrl_jax.experiments.aggregate`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import shlex
-import subprocess
 import sys
 import time
 import traceback
@@ -55,6 +50,19 @@ from collections.abc import Callable
 
 from varrl_jax import fs
 from varrl_jax.experiments import aggregate, studies
+from varrl_jax.experiments.records import (  # noqa: F401 (re-exported)
+  _normalized,
+  _write_json,
+  config_fingerprint,
+  copied_record,
+  execute,
+  finished_runs,
+  git_commit,
+  reward_curve,
+  run_fingerprint,
+  train_command,
+  weights_fingerprint,
+)
 from varrl_jax.experiments.studies import Run
 
 
@@ -67,208 +75,6 @@ class SweepResult:
   reused: list[tuple[str, str]] = dataclasses.field(
     default_factory=list
   )  # (path, source)
-
-
-def git_commit() -> dict | None:
-  """{'commit', 'dirty'} of the checkout this package runs from, if it is one."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  try:
-    sha = subprocess.run(
-      ['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10
-    )
-    if sha.returncode != 0:
-      return None
-    status = subprocess.run(
-      ['git', 'status', '--porcelain', '--untracked-files=no'],
-      cwd=here,
-      capture_output=True,
-      text=True,
-      timeout=30,
-    )
-    return {'commit': sha.stdout.strip(), 'dirty': bool(status.stdout.strip())}
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
-def _summary_field(summary, name: str):
-  """A field of an evaluation summary (a dict or a `metrics.Summary`)."""
-  return summary[name] if isinstance(summary, dict) else getattr(summary, name)
-
-
-def reward_curve(run_dir: str) -> list[list[float]]:
-  """[[step, reward/mean], ...] from the run's metrics.jsonl (last write of a step wins)."""
-  path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  by_step = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        if 'reward/mean' in rec:
-          by_step[int(rec['step'])] = float(rec['reward/mean'])
-  return [[s, by_step[s]] for s in sorted(by_step)]
-
-
-def _write_json(path: str, obj: dict) -> None:
-  # fs.write_text: a record is complete or absent, never half-written.
-  fs.write_text(path, json.dumps(obj, indent=2))
-
-
-# Settings that cannot change an RL run's numbers, left out of the fingerprint
-# so that adding one does not set records apart: how the tokenizer's conv
-# weight gradients are computed (RL never differentiates the tokenizer),
-# where compiled programs are cached, and how often a hung or crashed OCR
-# read is tried again (it changes a reading only where the run would
-# otherwise have lost it, which the record counts: ocr_failed_*).
-UNFINGERPRINTED = ('tokenizer.conv_weight_grad', 'compilation_cache_dir', 'ocr.retries')
-
-
-def config_fingerprint(config) -> str:
-  """A short hash of every value of ``config`` but `UNFINGERPRINTED`."""
-  values = config.to_dict()
-  for dotted in UNFINGERPRINTED:
-    *parents, key = dotted.split('.')
-    node = values
-    for part in parents:
-      node = node.get(part, {})
-    node.pop(key, None)
-  text = json.dumps(values, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def weights_fingerprint(config) -> str:
-  """A short hash of the manifest of the checkpoint the runs start from.
-
-  Any re-export (another decoder, more pretraining) writes a new manifest,
-  so records made from other weights are told apart even when the config,
-  and so ``config.init_checkpoint``, is the same. 'random init' without one.
-  """
-  path = config.init_checkpoint
-  if not path:
-    return 'random init'
-  try:
-    text = fs.read_text(fs.join(path, 'manifest.json'))
-  except OSError:
-    return 'unreadable'
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_fingerprint(config, overrides: dict) -> str:
-  """`config_fingerprint` of the config a run trains with (base + overrides)."""
-  return config_fingerprint(studies.apply_overrides(config, overrides))
-
-
-def finished_runs(config, workdir: str, weights: str) -> dict[str, tuple[str, dict]]:
-  """{run fingerprint: (run path, record)} of the trained (not copied) runs in
-  ``workdir`` made from this base config and these starting weights, whose
-  evaluations read every image (a run with OCR failures is never a source)."""
-  base = config_fingerprint(config)
-  out = {}
-  for path in aggregate.record_paths(workdir):
-    try:
-      with open(path) as f:
-        rec = json.load(f)
-      if rec.get('same_config_as') or rec.get('weights_fingerprint') != weights:
-        continue
-      if rec.get('base_config_fingerprint') != base:
-        continue
-      if aggregate.unread_images(rec):
-        continue
-      key = run_fingerprint(config, rec['overrides'])
-    except (OSError, ValueError, KeyError, AttributeError):
-      continue  # unreadable or from another config layout: never a source
-    out.setdefault(key, (os.path.relpath(os.path.dirname(path), workdir), rec))
-  return out
-
-
-def copied_record(source: dict, run: Run, source_path: str) -> dict:
-  """``source``'s record as the record of ``run`` (same config and seed)."""
-  record = copy.deepcopy(source)
-  record.update(
-    study=run.study,
-    run=run.name,
-    seed=run.seed,
-    overrides=_normalized(run.overrides),
-    same_config_as=source_path,
-  )
-  return record
-
-
-def _normalized(overrides: dict) -> dict:
-  return json.loads(json.dumps(overrides))
-
-
-def train_command(run: Run, base_flags: tuple[str, ...], run_dir: str) -> str:
-  """The varrl_jax.train command line that makes the same run alone.
-
-  ``base_flags``: the sweep's ``--config=...`` and ``--config.KEY=...`` flags.
-  """
-  return shlex.join(
-    [
-      'python',
-      '-m',
-      'varrl_jax.train',
-      *base_flags,
-      *run.flags(),
-      f'--workdir={run_dir}',
-    ]
-  )
-
-
-def execute(
-  run: Run,
-  config,
-  run_dir: str,
-  train_fn: Callable,
-  pool=None,
-  base_flags: tuple[str, ...] = (),
-  git: dict | None = None,
-) -> dict:
-  """Trains one run and returns its record (not yet written).
-
-  ``git``: the commit of the code that runs (`git_commit` when the sweep
-  started, as the checkout may move on while a long sweep runs).
-  """
-  run_config = studies.apply_overrides(config, run.overrides)
-  os.makedirs(run_dir, exist_ok=True)
-  t0 = time.time()
-  kwargs = {} if pool is None else {'pool': pool}
-  result = train_fn(run_config, run_dir, **kwargs)
-  wall = time.time() - t0
-  before, after = result['before'], result['after']
-  record = {
-    'study': run.study,
-    'run': run.name,
-    'seed': run.seed,
-    'overrides': _normalized(run.overrides),
-    'budget_updates': int(run_config.rl.num_updates),
-    'word_accuracy_before': float(_summary_field(before, 'word_accuracy')),
-    'ned_before': float(_summary_field(before, 'ned')),
-    'word_accuracy_after': float(_summary_field(after, 'word_accuracy')),
-    'ned_after': float(_summary_field(after, 'ned')),
-    # Images whose OCR crashed or timed out count as unread: such a run's
-    # figures are low for reasons outside the model (the report warns).
-    'ocr_failed_before': int(_summary_field(before, 'n_failed')),
-    'ocr_failed_after': int(_summary_field(after, 'n_failed')),
-    'eval_split': run_config.eval.split,
-    'wall_seconds': wall,
-    'reward_curve': reward_curve(run_dir),
-    'base_flags': list(base_flags),
-    # Of the config before the study's overrides: records made from
-    # different base configs do not compare (the report warns).
-    'base_config_fingerprint': config_fingerprint(config),
-    # Of the starting weights: records from other weights never mix.
-    'weights_fingerprint': weights_fingerprint(config),
-    'command': train_command(run, base_flags, run_dir),
-    'git': git if git is not None else git_commit(),
-    'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-  }
-  record['updates'] = len(record['reward_curve']) or record['budget_updates']
-  for key in ('word_accuracy_after', 'ned_after'):
-    if not math.isfinite(record[key]):
-      raise FloatingPointError(f'{key} is {record[key]}')
-  return record
 
 
 def sweep(
@@ -422,6 +228,12 @@ def _define_flags():
   _FLAGS['max_minutes'] = flags.DEFINE_float(
     'max_minutes', None, 'Start no new run after this many minutes (one sitting).'
   )
+  _FLAGS['eval_prompts'] = flags.DEFINE_integer(
+    'eval_prompts',
+    512,
+    'Held-out prompts every run is scored on (sets config.eval.num_prompts): '
+    'the same prompts and keys for all runs, so they compare pairwise.',
+  )
   _FLAGS['only'] = flags.DEFINE_list('only', [], 'Run only these run names.')
   _FLAGS['dry_run'] = flags.DEFINE_bool(
     'dry_run', False, 'Print the runs and their overrides; run nothing.'
@@ -504,10 +316,19 @@ def main(argv) -> None:
 
   from varrl_jax import cli
 
-  cli.setup_compilation_cache(flags.FLAGS.config)
+  config = flags.FLAGS.config
+  base_flags = _base_flags(sys.argv[1:])
+  eval_prompts = _FLAGS['eval_prompts'].value
+  if eval_prompts is not None:
+    if eval_prompts < 1:
+      print(f'error: --eval_prompts must be >= 1, got {eval_prompts}', file=sys.stderr)
+      sys.exit(2)
+    config.eval.num_prompts = eval_prompts
+    base_flags += (f'--config.eval.num_prompts={eval_prompts}',)
+  cli.setup_compilation_cache(config)
   code = cli.run_reporting_errors(
     run_study,
-    flags.FLAGS.config,
+    config,
     _FLAGS['study'].value,
     flags.FLAGS.workdir,
     seeds=_FLAGS['seeds'].value,
@@ -516,7 +337,7 @@ def main(argv) -> None:
     max_minutes=_FLAGS['max_minutes'].value,
     dry_run=_FLAGS['dry_run'].value,
     report_only=_FLAGS['report'].value,
-    base_flags=_base_flags(sys.argv[1:]),
+    base_flags=base_flags,
     reuse_same_config=_FLAGS['reuse_same_config'].value,
   )
   sys.exit(code)

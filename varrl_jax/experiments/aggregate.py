@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from varrl_jax.experiments import studies
+from varrl_jax.experiments import claims, mp_overlap, studies
 
 PAPER_SOURCE = (
   'arXiv 2601.02256 (NextFlow-7B, 1024²), as given by the paper summary '
@@ -277,6 +277,32 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
       '',
       f'**Warning:** runs from {len(bases)} different base configs are mixed.',
     ]
+  judged = claims.paired_lines(study, records)
+  if judged:
+    lines += ['', *judged]
+  verdicts = claims.verdict_lines(study, records)
+  if verdicts:
+    engines = sorted({str(r.get('ocr_engine', 'unrecorded')) for r in records})
+    lines += [
+      '',
+      f'Verdicts (OCR engine: {", ".join(engines)}; reproduced / contradicted: the '
+      "interval excludes 0 on / against the paper's side; undecided: it does not):",
+      '',
+      *verdicts,
+    ]
+  with_mp: dict[str, list[dict]] = {}
+  for r in records:
+    if r.get('mp_stats'):
+      with_mp.setdefault(r['run'], []).append(r)
+  if study == 'table5' and with_mp:
+    lines += [
+      '',
+      "MP × K (`table5_mp_overlap.png`): per scale, the prefix mask's coverage "
+      "/ the mean Jaccard overlap of two branches' masks, over the prefix updates "
+      '(mean over seeds):',
+      '',
+      *mp_overlap.markdown(dict(sorted(with_mp.items()))),
+    ]
   return '\n'.join(lines) + '\n\n' + paper_markdown(study)
 
 
@@ -330,4 +356,13 @@ def write_report(workdir: str, study: str, order=()) -> tuple[str, str] | None:
   png = plot_rewards(
     study, records, os.path.join(workdir, f'{study}_reward.png'), order
   )
+  # MP x K (and any study with MP stats): per-scale coverage and overlap.
+  by_run: dict[str, list[dict]] = {}
+  for r in records:
+    if r.get('mp_stats'):
+      by_run.setdefault(r['run'], []).append(r)
+  if by_run and study == 'table5':
+    mp_overlap.figure(
+      dict(sorted(by_run.items())), os.path.join(workdir, f'{study}_mp_overlap.png')
+    )
   return md, png

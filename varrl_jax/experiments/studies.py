@@ -10,7 +10,8 @@ budget. Studies (arXiv 2601.02256):
 - ``table3a``: the VMR split m at every middle scale of the config's
   schedule (strictly between the first and the last), full method. Runs
   are named by the paper's pixel naming (``m64`` = the prefix up to the
-  scale whose longer grid side x downsampling is 64 px).
+  scale whose longer grid side x downsampling is 64 px); run ``adaptive``
+  chooses m online (``rl.vmr.m='adaptive'``, `varrl_jax.rl.adaptive_m`).
 - ``table3b``: the PANW exponent alpha in {0, 0.3, 0.6, 0.8, 1.0, 1.2}.
 - ``table5``: K in {1, 2, 4} suffix branches per prefix.
 - ``table4b``: prefix:suffix alternation 3:1 against the paper's coarse
@@ -108,7 +109,10 @@ def variants(study: str, config, budget_updates: int) -> list[tuple[str, dict]]:
         f'table3a needs a schedule with a middle scale; config.scales has '
         f'{len(config.scales)} scales'
       )
-    return [(name, {**full, 'rl.vmr.m': str(s)}) for name, s in middle]
+    # Every middle split, then the online rule (`rl.adaptive_m`).
+    return [(name, {**full, 'rl.vmr.m': str(s)}) for name, s in middle] + [
+      ('adaptive', {**full, 'rl.vmr.m': 'adaptive'})
+    ]
   if study == 'table3b':
     return [(f'alpha{a:g}', {**full, 'rl.panw.alpha': float(a)}) for a in ALPHAS]
   if study == 'table5':

@@ -39,7 +39,6 @@ all of them and each process contributes its shards.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import jax
@@ -47,70 +46,19 @@ import numpy as np
 from absl import logging
 
 from varrl_jax import checkpoint, fs, parallel
-from varrl_jax.data import prompt_sources
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import grpo, masks, panw, rollout, vmr
+from varrl_jax.rl import adaptive_m, grpo, masks, panw, rollout, vmr
 from varrl_jax.rl import lora as lora_lib
+from varrl_jax.rl.method import (  # noqa: F401 (the loop's names)
+  MODES,
+  Method,
+  NonFiniteError,
+  phase_of,
+  update_prompts,
+)
 from varrl_jax.sampling import Sampler
-
-MODES = {
-  'vanilla': (False, False, False),
-  'vmr': (True, False, False),
-  'vmr+panw': (True, True, False),
-  'full': (True, True, True),
-}
-
-
-class NonFiniteError(FloatingPointError):
-  """A NaN/inf loss or reward; the message says which and at which update."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """The resolved method: which components are on and their constants."""
-
-  use_vmr: bool
-  use_panw: bool
-  use_mp: bool
-  m: int
-  alpha: float
-
-  @classmethod
-  def from_config(cls, config, model: NextScaleModel) -> Method:
-    rl = config.rl
-    if rl.mode not in MODES:
-      raise ValueError(
-        f'config.rl.mode must be one of {sorted(MODES)}, got {rl.mode!r}'
-      )
-    use_vmr, use_panw, use_mp = MODES[rl.mode]
-    last = model.schedule.num_scales - 1
-    m = vmr.split_scale(model.schedule, rl.vmr.m) if use_vmr else last
-    return cls(
-      use_vmr and m < last, use_panw, use_mp, m, rl.panw.alpha if use_panw else 0.0
-    )
-
-
-def update_prompts(
-  config, update: int, source=None
-) -> list[tuple[str, tuple[str, ...]]]:
-  """The (prompt, targets) of rollout batch ``update``: P =
-  rl.prompts_per_update prompts of ``config.rl.prompts``
-  (`data.prompt_sources`; ``source``: that source, already built), a function
-  of (config, update) alone so a resumed run sees the same prompts."""
-  source = prompt_sources.from_config(config) if source is None else source
-  return source.batch(update, config.rl.prompts_per_update)
-
-
-def phase_of(
-  update: int, method: Method, prefix_updates: int, suffix_updates: int
-) -> str:
-  """'full', or 'prefix'/'suffix' in blocks of prefix_updates : suffix_updates."""
-  if not method.use_vmr:
-    return 'full'
-  cycle = prefix_updates + suffix_updates
-  return 'prefix' if update % cycle < prefix_updates else 'suffix'
 
 
 class Trainer:
@@ -181,20 +129,29 @@ class Trainer:
       in_shardings=(shardings['tokenizer'], self._rows(2)),
       out_shardings=self._rows(3),
     )
-    sched = model.schedule
-    prefix, suffix = vmr.stage_scales(sched, self.method.m)
-    everything = np.ones(sched.num_scales, bool)
-    self.stage = {
-      'full': (everything, np.ones(sched.num_tokens, np.float32)),
-      'prefix': (prefix, prefix[sched.scale_index].astype(np.float32)),
-      'suffix': (suffix, suffix[sched.scale_index].astype(np.float32)),
-    }
-    # Positions a phase's batch holds: the prefix phase's first scales only.
-    self.stage_length = {
-      'full': sched.num_tokens,
-      'prefix': int(sched.offsets[prefix.sum()]),
-      'suffix': sched.num_tokens,
-    }
+    # The split's controller with config.rl.vmr.m='adaptive', else None.
+    self.split = None
+    if self.method.adaptive:
+      settings = adaptive_m.Settings.from_config(config, model.schedule)
+      self.split = adaptive_m.Controller(settings)
+    self._stages = {}
+    self.stage, self.stage_length = self.stages(self.method.m)
+
+  def stages(self, m: int) -> tuple[dict, dict]:
+    """`vmr.phase_stages` of split m, cached: each m's programs compile once."""
+    if m not in self._stages:
+      self._stages[m] = vmr.phase_stages(self.model.schedule, m)
+    return self._stages[m]
+
+  @property
+  def current_m(self) -> int:
+    """The split the next rollout dispatched gets."""
+    return self.method.m if self.split is None else self.split.m
+
+  def split_of(self, update: int) -> int:
+    """The split of rollout ``update``, fixed when it is first asked for (at
+    its dispatch); update ``update`` trains with it (`rl.adaptive_m`)."""
+    return self.method.m if self.split is None else self.split.split_for(update)
 
   def _rows(self, ndim: int):
     return parallel.batch_sharding(self.mesh, ndim)
@@ -233,7 +190,8 @@ class Trainer:
     }
     return dict(self.params, lora=self.state.params), {'lora': record}
 
-  def rollout(self, prompts, key) -> rollout.Rollout:
+  def rollout(self, prompts, key, m: int | None = None) -> rollout.Rollout:
+    """Samples a rollout batch at split ``m`` (default `current_m`)."""
     rl = self.config.rl
     return rollout.sample(
       self.sampler,
@@ -241,7 +199,7 @@ class Trainer:
       prompts,
       rl.group_size,
       rl.vmr.num_branches,
-      self.method.m,
+      self.current_m if m is None else m,
       key,
       self.reward,
       rl.rollout_chunks,
@@ -262,14 +220,35 @@ class Trainer:
       empty=mp.empty,
     )
 
+  def mp_stats(self, boxes_rk, keys=None) -> dict[str, float]:
+    """``mp/scale{s}/*`` metrics (`masks.branch_mask_stats`, `masks.stats_metrics`)
+    of rows of K branch box lists; {} when MP is off or ``boxes_rk`` is None."""
+    mp = self.config.rl.mp
+    if not self.method.use_mp or boxes_rk is None:
+      return {}
+    stats = masks.branch_mask_stats(
+      boxes_rk,
+      self.model.schedule,
+      dilation=mp.dilation,
+      mode=mp.propagation,
+      empty=mp.empty,
+    )
+    return masks.stats_metrics(stats, keys)
+
   def build_batch(
-    self, ro: rollout.Rollout, scored: rollout.Scored, phase: str, on_policy=True
+    self,
+    ro: rollout.Rollout,
+    scored: rollout.Scored,
+    phase: str,
+    on_policy=True,
+    m: int | None = None,
   ):
     """Advantages, masks and weights of one update; returns (batch, stats).
 
     ``on_policy``: ``ro`` was sampled with the current params (the step then
     takes its own log-probs as log pi_old); otherwise log pi_old is the
-    sampler's recorded log-prob of the behaviour params (`rl.pipeline`)."""
+    sampler's recorded log-prob of the behaviour params (`rl.pipeline`).
+    ``m``: the split ``ro`` was sampled at (default `current_m`)."""
     rl = self.config.rl
     p, g, k = ro.shape
     rewards = scored.rewards  # [P, G, K]
@@ -287,6 +266,9 @@ class Trainer:
           for r in range(p * g)
         ]
       mask = self.mask_rows(union, p * g)
+      # How much the K branches agree on where the text is (paper: K = 4 vs MP).
+      if union is not None:
+        stats.update(self.mp_stats([scored.boxes[r : r + k] for r in rows]))
       stats['vmr/value_mean'] = float(values.mean())
       stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
     elif phase == 'suffix':
@@ -305,7 +287,10 @@ class Trainer:
         grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
       ).reshape(-1)
       rows, mask = np.arange(p * g * k), self.mask_rows(scored.boxes, p * g * k)
-    stage_scales, selector = self.stage[phase]
+    if phase != 'prefix' and scored.boxes is not None:
+      stats.update(self.mp_stats([[b] for b in scored.boxes], keys=('coverage',)))
+    stage, stage_length = self.stages(self.current_m if m is None else m)
+    stage_scales, selector = stage[phase]
     mask = mask * selector[None]
     weights = panw.token_weights(self.model.schedule, self.method.alpha, stage_scales)
     parallel.check_rows(self.mesh, len(rows), f'the {phase} update batch')
@@ -317,7 +302,7 @@ class Trainer:
     # A prefix update's loss sees scales <= m only, whose logits never depend
     # on later tokens (block-causal): its reference pass and step run on
     # those n positions alone.
-    n = self.stage_length[phase]
+    n = stage_length[phase]
     tokens = put_rows(ro.tokens[rows])
     cond = jax.tree.map(lambda x: put_rows(x[rows]), ro.cond)
     inputs = self.inputs_fn(self.tokenizer_params, tokens)
@@ -360,10 +345,27 @@ class Trainer:
       while_stepping()
     return jax.device_get(metrics)
 
+  def _split_metrics(self, update: int, rewards_pgk, m: int) -> dict[str, float]:
+    """``vmr/m`` (this update's split), ``vmr/prefix_share`` (when defined,
+    `adaptive_m.prefix_share`) and with adaptive m ``vmr/prefix_share_ema``
+    (when defined); feeds the controller, which may move m for later
+    rollouts."""
+    if not self.method.use_vmr:
+      return {}
+    out = {'vmr/m': float(m)}
+    share = adaptive_m.prefix_share(rewards_pgk)
+    if np.isfinite(share):
+      out['vmr/prefix_share'] = share
+    if self.split is not None:
+      ema = self.split.observe(update, share, m)
+      if np.isfinite(ema):
+        out['vmr/prefix_share_ema'] = ema
+    return out
+
   def run_update(self, update: int, prompts, key):
     """One synchronous outer update: rollout with the current params, then
     `learn`. Returns (flat metrics, rollout, scored, phase)."""
-    return self.learn(update, self.rollout(prompts, key))
+    return self.learn(update, self.rollout(prompts, key, self.split_of(update)))
 
   def learn(
     self, update: int, ro: rollout.Rollout, on_policy=True, while_stepping=None
@@ -373,6 +375,8 @@ class Trainer:
     rollout, scored, phase)."""
     rl = self.config.rl
     phase = phase_of(update, self.method, rl.vmr.prefix_updates, rl.vmr.suffix_updates)
+    # The split ro was dispatched with: with adaptive m not always the current.
+    m = self.method.m if self.split is None else self.split.take(update)
     scored = rollout.score(ro, self.reward)
     if not np.isfinite(scored.rewards).all():
       raise NonFiniteError(f'non-finite reward at update {update}')
@@ -385,7 +389,7 @@ class Trainer:
         rl.mode,
       )
     t0 = time.time()
-    batch, stats = self.build_batch(ro, scored, phase, on_policy)
+    batch, stats = self.build_batch(ro, scored, phase, on_policy, m=m)
     metrics = self.update(batch, on_policy, while_stepping)
     step_seconds = time.time() - t0
     if not np.isfinite(metrics['loss']):
@@ -404,6 +408,7 @@ class Trainer:
     }
     if self.reward.get('ocr') is not None:  # the name benchmarks read
       flat['time/ocr_wait_s'] = scored.wait_seconds
+    flat.update(self._split_metrics(update, scored.rewards, m))
     for name, value in metrics.items():
       value = np.asarray(value)
       if value.ndim == 0:

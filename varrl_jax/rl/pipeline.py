@@ -43,7 +43,10 @@ Exact resume: a train state of an overlap run holds theta_{u+1} and the
 behaviour parameters theta_u with which rollout u+1 is sampled (with LoRA,
 the adapters only). A resumed run samples rollout u+1 again from them with
 the same key and prompts: the same rollout, hence the same run as without
-the interruption. Memory: overlap keeps one more copy of the trainable
+the interruption. With ``rl.vmr.m='adaptive'`` rollout u+1 is dispatched
+with the split in force before update u's rewards move it, and update u+1
+trains with that split; the run record keeps it for a resume
+(`rl.adaptive_m`). Memory: overlap keeps one more copy of the trainable
 parameters (theta_u) on the devices, and a rollout batch in flight.
 """
 
@@ -119,7 +122,9 @@ class Overlap:
       self.prompts_of(update),
       rl.group_size,
       rl.vmr.num_branches,
-      t.method.m,
+      # With adaptive m: the m in force now, which update ``update`` then
+      # trains with (`loop.Trainer.split_of`, `rl.adaptive_m`).
+      t.split_of(update),
       jax.random.fold_in(self.key, update),
       rl.rollout_chunks,
     )

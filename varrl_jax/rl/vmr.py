@@ -15,6 +15,7 @@ GRPO.
 The paper names m by the pixel resolution the prefix reaches: with NextFlow's
 18 scales at 1024^2 (downsampling 16), m256 is the prefix up to the 16x16
 grid, i.e. 12 scales (index 11). `split_scale` accepts that name or an index.
+``config.rl.vmr.m='adaptive'`` moves m during the run (`rl.adaptive_m`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def value_middle_return(rewards_bk, eta: float = 1.0):
   return eta * (logsumexp(rewards_bk / eta, axis=-1) - jnp.log(float(k)))
 
 
-def split_scale(schedule: ScaleSchedule, m) -> int:
+def split_scale(schedule: ScaleSchedule, m, key: str = 'config.rl.vmr.m') -> int:
   """The split scale index from an int index, 'mNNN' (pixels) or 'full'/'last'.
 
   Negative indices count from the end (-1 = the last scale = full horizon).
+  ``key``: the config key errors name. ``config.rl.vmr.m='adaptive'`` is
+  resolved by `rl.adaptive_m`, not here.
   """
   num = schedule.num_scales
   if isinstance(m, str):
@@ -50,17 +53,20 @@ def split_scale(schedule: ScaleSchedule, m) -> int:
     match = re.fullmatch(r'm(\d+)|(-?\d+)', spec)
     if not match:
       raise ValueError(
-        f"config.rl.vmr.m={m!r}: expected a scale index, 'mNNN' (pixels, e.g. 'm256') "
-        "or 'full'"
+        f"{key}={m!r}: expected a scale index, 'mNNN' (pixels, e.g. 'm256'), "
+        "'full' or (config.rl.vmr.m only) 'adaptive'"
       )
     if match.group(1) is not None:
-      return schedule.scale_for_resolution(int(match.group(1)))
+      try:
+        return schedule.scale_for_resolution(int(match.group(1)))
+      except ValueError as e:
+        raise ValueError(f'{key}={m!r}: {e}') from None
     m = int(match.group(2))
   m = int(m)
   if m < 0:
     m += num
   if not 0 <= m < num:
-    raise ValueError(f'config.rl.vmr.m={m} out of range for {num} scales')
+    raise ValueError(f'{key}={m} out of range for {num} scales')
   return m
 
 
@@ -75,3 +81,23 @@ def stage_tokens(schedule: ScaleSchedule, m: int) -> tuple[np.ndarray, np.ndarra
   prefix, suffix = stage_scales(schedule, m)
   idx = schedule.scale_index
   return prefix[idx].astype(np.float32), suffix[idx].astype(np.float32)
+
+
+def phase_stages(schedule: ScaleSchedule, m: int) -> tuple[dict, dict]:
+  """(stage, length) of split m per phase ('full', 'prefix', 'suffix'):
+  stage = (scales [S] bool, token selector float32 [L]) of the tokens the
+  phase updates; length = the positions its batch holds (a prefix batch:
+  those of scales <= m only, whose logits never depend on later tokens)."""
+  prefix, suffix = stage_scales(schedule, m)
+  everything = np.ones(schedule.num_scales, bool)
+  stage = {
+    'full': (everything, np.ones(schedule.num_tokens, np.float32)),
+    'prefix': (prefix, prefix[schedule.scale_index].astype(np.float32)),
+    'suffix': (suffix, suffix[schedule.scale_index].astype(np.float32)),
+  }
+  length = {
+    'full': schedule.num_tokens,
+    'prefix': int(schedule.offsets[prefix.sum()]),
+    'suffix': schedule.num_tokens,
+  }
+  return stage, length

@@ -1,0 +1,110 @@
+r"""Do two OCR engines score the same images alike? The check that allows
+sweeps with the light engine.
+
+  python -m varrl_jax.evaluate --config=configs/small.py --checkpoint=CKPT \
+      --config.eval.num_prompts=512 --config.ocr.engine=easyocr --workdir=W/easyocr
+  python -m varrl_jax.evaluate --config=configs/small.py --checkpoint=CKPT \
+      --config.eval.num_prompts=512 --config.ocr.engine=rapidocr --workdir=W/rapidocr
+  python -m varrl_jax.experiments.ocr_agreement W/easyocr W/rapidocr \
+      --out=docs/ablations/ocr_agreement.json
+
+The two evaluations sample the same images (same prompts, keys and
+weights: `evaluate` is deterministic), so they differ only by the engine.
+Printed: each engine's Word Accuracy and NED, the paired difference b - a
+with a 95% bootstrap interval over images (`paired.paired_interval`), the
+share of images whose count of words read right is the same, and Cohen's
+kappa of "all words right" per image. ``--out`` keeps it as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from varrl_jax import fs
+from varrl_jax.experiments import paired
+
+
+def read_samples(folder: str) -> tuple[list[dict], dict]:
+  """(per-image records, metrics.json) of a `varrl_jax.evaluate` workdir."""
+  with open(os.path.join(folder, 'samples.jsonl')) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  with open(os.path.join(folder, 'metrics.json')) as f:
+    meta = json.load(f)
+  return records, meta
+
+
+def kappa(a: np.ndarray, b: np.ndarray) -> float:
+  """Cohen's kappa of two boolean ratings of the same items."""
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  observed = float(np.mean(a == b))
+  pa, pb = a.mean(), b.mean()
+  chance = float(pa * pb + (1 - pa) * (1 - pb))
+  return 1.0 if chance == 1.0 else (observed - chance) / (1.0 - chance)
+
+
+def agreement(a: list[dict], b: list[dict], resamples: int = 2000) -> dict:
+  """Agreement figures of two engines' records of the same images."""
+  keys_a, keys_b = [r['key'] for r in a], [r['key'] for r in b]
+  if keys_a != keys_b:
+    raise ValueError('the two evaluations scored other prompts (keys differ)')
+  c_a = np.array([r['n_correct'] for r in a])
+  c_b = np.array([r['n_correct'] for r in b])
+  words = np.array([r['n_words'] for r in a])
+  out = {'images': len(a), 'words': int(words.sum())}
+  for name, c in (('a', c_a), ('b', c_b)):
+    out[f'word_accuracy_{name}'] = float(c.sum() / words.sum())
+  if all('similarity' in r for r in a + b):
+    s_a = np.array([r['similarity'] for r in a])
+    s_b = np.array([r['similarity'] for r in b])
+    out['ned_a'], out['ned_b'] = (
+      float(s_a.sum() / words.sum()),
+      float(s_b.sum() / words.sum()),
+    )
+  block = np.stack([c_a, words, c_b, words], 1).astype(np.float64)
+  diff, lo, hi = paired.paired_interval([block], resamples)
+  out['wa_b_minus_a'] = [diff, lo, hi]
+  out['same_count_share'] = float(np.mean(c_a == c_b))
+  out['all_right_kappa'] = kappa(c_a == words, c_b == words)
+  return out
+
+
+def main(argv: list[str]) -> int:
+  args = [a for a in argv if not a.startswith('--')]
+  opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+  if len(args) != 2 or set(opts) - {'out'}:
+    print(
+      'usage: python -m varrl_jax.experiments.ocr_agreement DIR_A DIR_B [--out=FILE]',
+      file=sys.stderr,
+    )
+    return 2
+  try:
+    (a, meta_a), (b, meta_b) = read_samples(args[0]), read_samples(args[1])
+    if meta_a.get('weights') != meta_b.get('weights') or meta_a.get(
+      'seed'
+    ) != meta_b.get('seed'):
+      raise ValueError(
+        f'{args[0]} and {args[1]} evaluated other weights or seeds: '
+        f'{meta_a.get("weights")} / {meta_b.get("weights")}'
+      )
+    out = agreement(a, b)
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  out.update(a=args[0], b=args[1], weights=meta_a.get('weights'))
+  d, lo, hi = out['wa_b_minus_a']
+  print(
+    f'{out["images"]} images, {out["words"]} words: WA a {out["word_accuracy_a"]:.4f}, '
+    f'b {out["word_accuracy_b"]:.4f}; b - a {d:+.4f} [{lo:+.4f}, {hi:+.4f}]; same count '
+    f'{out["same_count_share"]:.3f}; all-right kappa {out["all_right_kappa"]:.3f}'
+  )
+  if 'out' in opts:
+    fs.write_text(opts['out'], json.dumps(out, indent=2))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
