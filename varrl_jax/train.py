@@ -213,6 +213,8 @@ def _resume(config, trainer, states, pipe=None) -> int:
     pipe.restore(state)
   if getattr(trainer, 'split', None) is not None:
     try:
+      if 'vmr_split' not in record:
+        raise ValueError('its resume record holds no adaptive split state')
       trainer.split.restore(record['vmr_split'])
     except (KeyError, TypeError, ValueError) as e:
       raise ckpt_lib.CheckpointError(f'{states.directory}: {e}') from None

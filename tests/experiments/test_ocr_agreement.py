@@ -52,4 +52,11 @@ def test_other_images_are_refused(tmp_path, capsys):
   assert 'keys differ' in capsys.readouterr().err
   c = _write(tmp_path / 'c', [1], [1], weights='another')
   assert ocr_agreement.main([a, c]) == 2
+  assert 'other weights or seeds' in capsys.readouterr().err
   assert ocr_agreement.main([a]) == 2
+  assert '1 folders given, 2 needed' in capsys.readouterr().err
+  assert ocr_agreement.main([a, a, '--out', 'x.json']) == 2
+  assert 'error: unknown flag --out' in capsys.readouterr().err
+  d = _write(tmp_path / 'd', [1], [2])
+  assert ocr_agreement.main([a, d]) == 2
+  assert 'other target words' in capsys.readouterr().err

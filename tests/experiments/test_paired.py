@@ -9,30 +9,47 @@ import pytest
 from varrl_jax.experiments import aggregate, claims, paired
 
 
-def arrays(correct, words, similarity=None, digest='d'):
+def arrays(correct, words, similarity=None, digest='d', failed=None):
   correct, words = np.asarray(correct), np.asarray(words)
   sim = correct.astype(float) if similarity is None else np.asarray(similarity, float)
-  return paired.EvalArrays(digest, correct, words, sim, 0)
+  failed = np.zeros(len(words), bool) if failed is None else np.asarray(failed, bool)
+  return paired.EvalArrays(digest, correct, words, sim, failed)
 
 
 def test_the_statistic_is_the_difference_of_pooled_ratios():
-  a = {0: arrays([1, 0, 2], [1, 1, 2]), 1: arrays([0, 0], [1, 3])}
-  b = {0: arrays([1, 1, 2], [1, 1, 2]), 1: arrays([1, 0], [1, 3])}
+  # Two evaluations of other prompt sets (digests d0, d1): prompts are
+  # resampled per seed.
+  a = {
+    0: arrays([1, 0, 2], [1, 1, 2], digest='d0'),
+    1: arrays([0, 0], [1, 3], digest='d1'),
+  }
+  b = {
+    0: arrays([1, 1, 2], [1, 1, 2], digest='d0'),
+    1: arrays([1, 0], [1, 3], digest='d1'),
+  }
   d = paired.compare(a, b, 'wa', resamples=200)
-  # Pooled over both seeds: a 3/8, b 5/8.
+  # Pooled over both seeds: a 3/8, b 5/8; per seed 1/4 and 1/4.
   assert d.diff == pytest.approx(5 / 8 - 3 / 8)
-  assert (d.seeds, d.prompts) == (2, 5)
-  assert d.lo <= d.diff <= d.hi
+  assert d.per_seed == pytest.approx((0.25, 0.25))
+  assert d.seeds == 2 and d.lo <= d.diff <= d.hi
   # Identical runs: every resample gives 0.
   same = paired.compare(a, a, 'ned', resamples=100)
   assert (same.diff, same.lo, same.hi) == (0.0, 0.0, 0.0)
 
 
+def test_failed_images_count_in_neither_run():
+  a = {0: arrays([1, 0, 1, 0], [1, 1, 1, 1], failed=[0, 1, 0, 0])}
+  b = {0: arrays([1, 1, 0, 1], [1, 1, 1, 1], failed=[0, 0, 0, 1])}
+  d = paired.compare(a, b, resamples=50)
+  # Images 0 and 2 remain: a 2/2, b 1/2.
+  assert d.diff == pytest.approx(-0.5) and d.dropped == 2
+
+
 def test_other_prompts_or_keys_refuse_to_pair():
   a = {0: arrays([1], [1], digest='x')}
   b = {0: arrays([1], [1], digest='y')}
-  with pytest.raises(ValueError, match='other prompts or keys'):
-    paired.compare(a, b)
+  with pytest.raises(ValueError, match='K4 vs K2, seed 0: evaluated on other prompts'):
+    paired.compare(a, b, labels=('K2', 'K4'))
   assert paired.compare(a, {1: arrays([1], [1], digest='x')}) is None  # no shared seed
 
 
@@ -50,6 +67,29 @@ def test_interval_covers_the_true_difference_about_95_percent():
   assert 0.85 <= hits / trials <= 1.0
 
 
+def test_seeds_sharing_prompts_share_the_prompt_resample():
+  """Every seed scores the same prompts, so a prompt's effect on the
+  difference is common to all seeds. Resampling prompts per seed treats it
+  as independent noise: its interval covers the truth far less often."""
+  rng = np.random.default_rng(2)
+  n, seeds, trials = 128, 12, 60
+  hits = {True: 0, False: 0}
+  ones = np.ones(n)
+  for _ in range(trials):
+    # Per prompt i and seed s, b - a = u_i + e_si (sd 1 each), true mean 0.
+    u = rng.normal(size=n)
+    blocks = [
+      np.stack([np.zeros(n), ones, u + rng.normal(size=n), ones], 1)
+      for _ in range(seeds)
+    ]
+    for shared in (True, False):
+      _, lo, hi = paired.paired_interval(blocks, 300, shared_prompts=shared)
+      hits[shared] += lo <= 0.0 <= hi
+  # Measured 58/60 and 45/60 (seed 2).
+  assert hits[True] / trials >= 0.88
+  assert hits[False] / trials <= 0.8
+
+
 def test_seed_variation_widens_the_interval():
   rng = np.random.default_rng(1)
   n = 400
@@ -64,17 +104,31 @@ def test_seed_variation_widens_the_interval():
     resamples=500,
   )
   assert one.lo > 0  # one seed: clearly better
-  assert two.lo < 0 < two.hi  # the seeds disagree: undecided
+  assert paired.verdict(one) == 'reproduced'
+  assert two.per_seed[0] > 0 > two.per_seed[1]
+  assert paired.verdict(two) == 'undecided'  # the seeds disagree
   assert two.hi - two.lo > 2 * (one.hi - one.lo)
 
 
 def test_verdicts():
   iv = paired.Interval
-  assert paired.verdict(iv(0.1, 0.02, 0.2, 1, 10)) == 'reproduced'
-  assert paired.verdict(iv(-0.1, -0.2, -0.02, 1, 10)) == 'contradicted'
-  assert paired.verdict(iv(0.1, -0.01, 0.2, 1, 10)) == 'undecided'
-  assert paired.verdict(iv(-0.1, -0.2, -0.02, 1, 10), sign=-1) == 'reproduced'
+  assert paired.verdict(iv(0.1, 0.02, 0.2, 1, 10, (0.1,))) == 'reproduced'
+  assert paired.verdict(iv(-0.1, -0.2, -0.02, 1, 10, (-0.1,))) == 'contradicted'
+  assert paired.verdict(iv(0.1, -0.01, 0.2, 1, 10, (0.1,))) == 'undecided'
+  assert paired.verdict(iv(-0.1, -0.2, -0.02, 1, 10, (-0.1,)), sign=-1) == 'reproduced'
+  # The interval excludes 0 but one seed went the other way: not decided.
+  assert paired.verdict(iv(0.1, 0.01, 0.2, 2, 10, (0.2, -0.01))) == 'undecided'
   assert paired.verdict(None) == 'undecided'
+
+
+def _eval_config(seed=3, engine='rapidocr', grid=32):
+  return ml_collections.ConfigDict(
+    {
+      'eval': {'seed': seed, 'batch_size': 16, 'num_prompts': 2, 'grid_images': grid},
+      'sampling': {'top_k': 2},
+      'ocr': {'engine': engine},
+    }
+  )
 
 
 def test_read_eval_from_evaluator_records(tmp_path):
@@ -92,20 +146,21 @@ def test_read_eval_from_evaluator_records(tmp_path):
     },
   ]
   (out / 'records.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
-  cfg = ml_collections.ConfigDict({'seed': 3, 'batch_size': 16})
+  cfg = _eval_config(seed=3)
   ev = paired.read_eval(str(tmp_path), 'eval_after', cfg)
   assert ev.correct.tolist() == [1, 0] and ev.words.tolist() == [1, 2]
   assert ev.pooled('wa') == pytest.approx(1 / 3)
   assert ev.pooled('ned') == pytest.approx(1.75 / 3)
-  assert ev.failed == 1
+  assert ev.failed.tolist() == [False, True]
+  assert paired.EvalArrays.from_json(ev.to_json()).failed.tolist() == [False, True]
   assert paired.EvalArrays.from_json(ev.to_json()).digest == ev.digest
-  # Another sampling seed is another evaluation.
-  other = paired.read_eval(
-    str(tmp_path),
-    'eval_after',
-    ml_collections.ConfigDict({'seed': 4, 'batch_size': 16}),
-  )
-  assert other.digest != ev.digest
+  # Another sampling seed or OCR engine is another evaluation; the grid size
+  # changes no score.
+  for other_cfg in (_eval_config(seed=4), _eval_config(engine='easyocr')):
+    other = paired.read_eval(str(tmp_path), 'eval_after', other_cfg)
+    assert other.digest != ev.digest
+  same = paired.read_eval(str(tmp_path), 'eval_after', _eval_config(grid=9))
+  assert same.digest == ev.digest
   assert paired.read_eval(str(tmp_path), 'eval_before', cfg) is None
 
 
@@ -148,7 +203,7 @@ def test_report_gives_paired_rows_and_a_verdict_per_claim():
   assert k4_row.endswith('**undecided** |') and '+0.0100' in k4_row
   md = aggregate.markdown('table5', aggregate.aggregate(records), records)
   assert 'Paired against the default run `K2`' in md
-  assert '| K1 | 1 × 200 | 0.3000 | -0.4500 [' in md
+  assert '| K1 | 1 × 200 | 0.3000 | 0.7500 | -0.4500 [' in md
   assert 'OCR engine: rapidocr' in md
   # A claim whose runs are missing reads 'not run'.
   only = claims.verdict_lines('table5', records[1:], resamples=50)
@@ -158,7 +213,7 @@ def test_report_gives_paired_rows_and_a_verdict_per_claim():
 def test_table3a_default_and_adaptive_against_the_best_fixed_split():
   def rec(run, m, correct):
     r = _record(run, 0, correct, {'rl.vmr.m': m, 'seed': 0})
-    r['study'], r['default_m'] = 'table3a', 3
+    r['study'], r['default_m'], r['image_side'] = 'table3a', 3, 160
     return r
 
   records = [
@@ -170,9 +225,15 @@ def test_table3a_default_and_adaptive_against_the_best_fixed_split():
   assert claims.default_run('table3a', records) == 'm48'
   lines = claims.paired_lines('table3a', records, resamples=200)
   text = '\n'.join(lines)
-  assert 'best fixed split (m48' in text and 'ΔWA +0.0000' in text
+  assert 'against the default split `m48`' in text
+  assert (
+    'even-indexed prompts (m48), compared on the odd-indexed ones: ΔWA +0.0000' in text
+  )
   assert 'not distinguishable at this power' in text
-  (claim,) = claims.claims_for('table3a', ['adaptive', 'm96', 'm32', 'm48'])
+  # 1/8 of 160 px is 20: m32 (0.20) is nearest of these; 1/2 is 80: m96 (0.60)
+  # ties with m64 (0.40) and the later split wins.
+  records.append(rec('m64', '4', [1] * 10 + [0] * 190))
+  (claim,) = claims.claims_for('table3a', records)
   assert (claim.better, claim.worse) == ('m32', 'm96')
 
 

@@ -161,6 +161,14 @@ def test_controller_resume_equals_uninterrupted():
   np.testing.assert_equal(head + run(second, range(cut, 24)), expected)
   with pytest.raises(ValueError, match=r'saved adaptive split m=7 is outside'):
     second.restore(dict(saved, m=7))
+  with pytest.raises(ValueError, match=r'saved adaptive split m=9 is outside'):
+    second.restore(dict(saved, in_flight=[[cut, 9]]))
+  # Other settings: the saved EMA and m belong to those.
+  other = adaptive_m.Controller(_settings(every=8))
+  with pytest.raises(
+    ValueError, match=r'other config.rl.vmr.adaptive settings \(every'
+  ):
+    other.restore(saved)
 
 
 # Config.

@@ -51,10 +51,19 @@ def agreement(a: list[dict], b: list[dict], resamples: int = 2000) -> dict:
   keys_a, keys_b = [r['key'] for r in a], [r['key'] for r in b]
   if keys_a != keys_b:
     raise ValueError('the two evaluations scored other prompts (keys differ)')
+  words = np.array([r['n_words'] for r in a])
+  if words.tolist() != [r['n_words'] for r in b]:
+    raise ValueError('the two evaluations count other target words per image')
+  if not words.sum():
+    raise ValueError('the evaluations hold no target words')
   c_a = np.array([r['n_correct'] for r in a])
   c_b = np.array([r['n_correct'] for r in b])
-  words = np.array([r['n_words'] for r in a])
-  out = {'images': len(a), 'words': int(words.sum())}
+  out = {
+    'images': len(a),
+    'words': int(words.sum()),
+    'failed_a': sum(bool(r.get('failed')) for r in a),
+    'failed_b': sum(bool(r.get('failed')) for r in b),
+  }
   for name, c in (('a', c_a), ('b', c_b)):
     out[f'word_accuracy_{name}'] = float(c.sum() / words.sum())
   if all('similarity' in r for r in a + b):
@@ -74,13 +83,17 @@ def agreement(a: list[dict], b: list[dict], resamples: int = 2000) -> dict:
 
 def main(argv: list[str]) -> int:
   args = [a for a in argv if not a.startswith('--')]
-  opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
-  if len(args) != 2 or set(opts) - {'out'}:
+  flags = [a for a in argv if a.startswith('--')]
+  bad = [f for f in flags if not f.startswith('--out=') or f == '--out=']
+  if len(args) != 2 or bad:
+    why = f'unknown flag {bad[0]}' if bad else f'{len(args)} folders given, 2 needed'
     print(
-      'usage: python -m varrl_jax.experiments.ocr_agreement DIR_A DIR_B [--out=FILE]',
+      f'error: {why}; usage: python -m varrl_jax.experiments.ocr_agreement '
+      'DIR_A DIR_B [--out=FILE]',
       file=sys.stderr,
     )
     return 2
+  opts = dict(f[2:].split('=', 1) for f in flags)
   try:
     (a, meta_a), (b, meta_b) = read_samples(args[0]), read_samples(args[1])
     if meta_a.get('weights') != meta_b.get('weights') or meta_a.get(

@@ -20,6 +20,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from absl import logging
+
 from varrl_jax import fs
 from varrl_jax.experiments import aggregate, mp_overlap, paired, studies
 from varrl_jax.experiments.studies import Run
@@ -51,19 +53,37 @@ def _summary_field(summary, name: str):
   return summary[name] if isinstance(summary, dict) else getattr(summary, name)
 
 
-def reward_curve(run_dir: str) -> list[list[float]]:
-  """[[step, reward/mean], ...] from the run's metrics.jsonl (last write of a step wins)."""
+def metric_curve(run_dir: str, name: str) -> list[list[float]]:
+  """[[step, value], ...] of metric ``name`` from the run's metrics.jsonl
+  (the last write of a step wins; a torn line is skipped)."""
   path = os.path.join(run_dir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
   by_step = {}
   with open(path) as f:
     for line in f:
-      if line.strip():
+      try:
         rec = json.loads(line)
-        if 'reward/mean' in rec:
-          by_step[int(rec['step'])] = float(rec['reward/mean'])
+      except ValueError:
+        continue
+      if isinstance(rec, dict) and name in rec:
+        by_step[int(rec['step'])] = float(rec[name])
   return [[s, by_step[s]] for s in sorted(by_step)]
+
+
+def reward_curve(run_dir: str) -> list[list[float]]:
+  """[[step, reward/mean], ...] (`metric_curve`)."""
+  return metric_curve(run_dir, 'reward/mean')
+
+
+def _mp_stats(run_dir: str, run_config) -> dict:
+  """`mp_overlap.summarize` of the run; {} (with a warning) when its metrics
+  cannot be read: a finished run keeps its record."""
+  try:
+    return mp_overlap.summarize(run_dir, grids=run_config.scales)
+  except (OSError, ValueError) as e:
+    logging.warning('MP statistics of %s unreadable: %s', run_dir, e)
+    return {}
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -223,7 +243,9 @@ def execute(
     'reward_curve': reward_curve(run_dir),
     # Per scale, over the prefix updates: MP mask coverage and the K
     # branches' mask overlap ({} without MP stats; `mp_overlap`).
-    'mp_stats': mp_overlap.summarize(run_dir, grids=run_config.scales),
+    'mp_stats': _mp_stats(run_dir, run_config),
+    # The split of every update (adaptive m moves it), [[step, m], ...].
+    'split_curve': metric_curve(run_dir, 'vmr/m'),
     'base_flags': list(base_flags),
     # Of the config before the study's overrides: records made from
     # different base configs do not compare (the report warns).
@@ -236,11 +258,14 @@ def execute(
   }
   # Per image, in prompt order: what paired comparisons need (`paired`).
   for name in ('eval_before', 'eval_after'):
-    arrays = paired.read_eval(run_dir, name, run_config.eval)
+    arrays = paired.read_eval(run_dir, name, run_config)
     record[name] = None if arrays is None else arrays.to_json()
   record['eval_prompts'] = int(run_config.eval.num_prompts)
   record['ocr_engine'] = str(run_config.ocr.engine)
   record['default_m'] = default_split(config)
+  schedule = studies.schedule_of(run_config)
+  # Pixels of the image side the last scale reaches (Table 3a's fractions).
+  record['image_side'] = int(schedule.resolution(schedule.num_scales - 1))
   record['updates'] = len(record['reward_curve']) or record['budget_updates']
   for key in ('word_accuracy_after', 'ned_after'):
     if not math.isfinite(record[key]):

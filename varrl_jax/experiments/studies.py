@@ -109,9 +109,17 @@ def variants(study: str, config, budget_updates: int) -> list[tuple[str, dict]]:
         f'table3a needs a schedule with a middle scale; config.scales has '
         f'{len(config.scales)} scales'
       )
-    # Every middle split, then the online rule (`rl.adaptive_m`).
+    # Every middle split, then the online rule (`rl.adaptive_m`), whose
+    # settings are checked now rather than hours into the sweep.
+    adaptive = {**full, 'rl.vmr.m': 'adaptive'}
+    if config is not None:
+      from varrl_jax.rl import adaptive_m
+
+      adaptive_m.Settings.from_config(
+        apply_overrides(config, adaptive), schedule_of(config)
+      )
     return [(name, {**full, 'rl.vmr.m': str(s)}) for name, s in middle] + [
-      ('adaptive', {**full, 'rl.vmr.m': 'adaptive'})
+      ('adaptive', adaptive)
     ]
   if study == 'table3b':
     return [(f'alpha{a:g}', {**full, 'rl.panw.alpha': float(a)}) for a in ALPHAS]

@@ -37,7 +37,11 @@ made at another split than the current one is skipped: the EMA averages
 shares of the current m only (with the overlapped pipeline the first
 update after a move still trains on a rollout sampled before it). Without
 the restart, shares of the old m would keep pulling the EMA past the band
-after a move and m would overshoot and oscillate.
+after a move and m would overshoot. The restart does not stop every
+oscillation: where share(m) > target + band but share(m - 1) < target -
+band (no scale's share falls inside the band, likely on few coarse
+scales), m alternates between the two, spending half the updates at each;
+the logged ``vmr/m`` shows it.
 
 **Which m an update uses.** The m of rollout u is fixed when its sampling
 is dispatched (`Controller.split_for`), and update u trains with that m
@@ -198,9 +202,11 @@ class Controller:
     return ema
 
   def record(self) -> dict:
-    """The JSON-able state for a train checkpoint's run record."""
+    """The JSON-able state for a train checkpoint's run record, with the
+    settings it was made under (`restore` refuses others)."""
     return {
       'rule': ADAPTIVE,
+      'settings': dataclasses.asdict(self.settings),
       'm': int(self.m),
       'ema': None if math.isnan(self.ema) else float(self.ema),
       'seen': int(self.seen),
@@ -210,13 +216,24 @@ class Controller:
   def restore(self, record: dict) -> None:
     """Inverse of `record`; refuses a saved m outside [min, max]."""
     s = self.settings
-    m = int(record['m'])
-    if not s.lo <= m <= s.hi:
+    saved = record.get('settings')
+    if saved is not None and saved != dataclasses.asdict(s):
+      changed = sorted(k for k in saved if saved[k] != dataclasses.asdict(s).get(k))
       raise ValueError(
-        f'the saved adaptive split m={m} is outside config.rl.vmr.adaptive '
-        f'[min, max] = [{s.lo}, {s.hi}]'
+        f'saved with other config.rl.vmr.adaptive settings ({", ".join(changed)}: '
+        f'{[saved[k] for k in changed]} then, '
+        f'{[dataclasses.asdict(s).get(k) for k in changed]} now): the saved '
+        'EMA and m belong to those; use the same settings'
       )
+    m = int(record['m'])
+    in_flight = {int(u): int(v) for u, v in record['in_flight']}
+    for v in (m, *in_flight.values()):
+      if not s.lo <= v <= s.hi:
+        raise ValueError(
+          f'the saved adaptive split m={v} is outside config.rl.vmr.adaptive '
+          f'[min, max] = [{s.lo}, {s.hi}]'
+        )
     self.m = m
     self.ema = math.nan if record['ema'] is None else float(record['ema'])
     self.seen = int(record['seen'])
-    self.in_flight = {int(u): int(v) for u, v in record['in_flight']}
+    self.in_flight = in_flight

@@ -135,7 +135,6 @@ class Trainer:
       settings = adaptive_m.Settings.from_config(config, model.schedule)
       self.split = adaptive_m.Controller(settings)
     self._stages = {}
-    self.stage, self.stage_length = self.stages(self.method.m)
 
   def stages(self, m: int) -> tuple[dict, dict]:
     """`vmr.phase_stages` of split m, cached: each m's programs compile once."""
