@@ -349,6 +349,10 @@ def base_config() -> ml_collections.ConfigDict:
     'sentences'  # CVTG-2K targets: 'sentences' | 'prompt' (official scorer)
   )
   c.eval.grid_images = 32  # images in the grid PNG
+  # Evaluate the starting weights before RL (WORKDIR/eval_before). Ablation
+  # sweeps set False after their first run: every run starts from the same
+  # weights with the same prompts and keys, so one evaluation serves all.
+  c.eval.before = True
   # A prompt longer than model.text_len is an error; True keeps its first
   # text_len - 2 bytes instead (e.g. CVTG-2K prompts on the tiny model).
   c.eval.truncate_prompts = False

@@ -54,7 +54,6 @@ from ml_collections import config_flags
 
 from varrl_jax import checkpoint as ckpt_lib
 from varrl_jax import cli, distributed, fs, parallel
-from varrl_jax import images as images_lib
 from varrl_jax.data import prompt_sources
 from varrl_jax.eval import heldout
 from varrl_jax.models.family import build_model
@@ -328,16 +327,12 @@ def train(config, workdir: str, pool=None) -> dict:
   with reward_api.build(config, pool=pool) as reward:
     logging.info('reward %s, weights %s', reward.name, reward.weights)
     ocr_eval = heldout.uses_ocr_eval(reward, prompt_source)
-    before = heldout.evaluate(
-      config, model, params, reward, prompt_source, workdir, 'eval_before', mesh
-    )
-    if ocr_eval:
-      print(
-        f'held-out before: Word Accuracy {before.summary.word_accuracy:.4f}  '
-        f'NED {before.summary.ned:.4f}'
+    before = None
+    if config.eval.before:  # ablation sweeps evaluate the start once (eval.before)
+      before = heldout.evaluate(
+        config, model, params, reward, prompt_source, workdir, 'eval_before', mesh
       )
-    else:
-      print(f'held-out before: {before.summary.line()}')
+      heldout.print_before(before, ocr_eval)
     trainer = loop.Trainer(config, model, params, reward, mesh)
     states = ckpt_lib.TrainCheckpoints(
       fs.join(workdir, 'checkpoints', 'state'), config.checkpoint.keep
@@ -369,31 +364,11 @@ def train(config, workdir: str, pool=None) -> dict:
       mesh,
     )
   writer.close()
-  b, a = before.summary, after.summary
-  if not distributed.is_main():
-    return {'before': b, 'after': a}
-
-  n = min(len(before.grid_images), 8)
-  grid = images_lib.save_grid(
-    fs.join(workdir, 'before_after.png'),
-    np.concatenate([before.grid_images[:n], after.grid_images[:n]]),
-    [f'before\n{c}' for c in heldout.captions(before, n)]
-    + [f'after\n{c}' for c in heldout.captions(after, n)],
-    columns=n,
-    scale=2,
-    caption_lines=3,
-  )
-  print(f'checkpoint: {ckpt}')
-  print(f'before/after grid: {grid}')
-  if ocr_eval:
-    print(
-      f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
-      f'NED {b.ned:.4f} -> {a.ned:.4f}  '
-      f'({heldout.eval_split(config, prompt_source)}, {a.n_words} words)'
-    )
-  else:
-    print(f'held-out {b.change(a)}  ({a.n_images} images)')
-  return {'before': b, 'after': a}
+  b = None if before is None else before.summary
+  if distributed.is_main():
+    print(f'checkpoint: {ckpt}')
+    heldout.report_change(config, prompt_source, workdir, before, after, ocr_eval)
+  return {'before': b, 'after': after.summary}
 
 
 def main(argv):

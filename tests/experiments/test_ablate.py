@@ -364,10 +364,19 @@ def test_one_real_run_of_the_smallest_study(tmp_path):
     str(tmp_path),
     seeds=1,
     budget_updates=1,
-    only=('m16',),
+    only=('m16', 'adaptive'),
     pool_factory=lambda: OcrPool(ReadsWhenBright, num_workers=0),
   )
   assert code == 0
+  # The second run skipped its own evaluation before RL and took the first's.
+  second = tmp_path / 'table3a/adaptive/seed0'
+  assert (
+    not (second / 'eval_before').exists() and (second / 'before_after.png').exists()
+  )
+  rec2 = json.loads((second / 'record.json').read_text())
+  assert rec2['before_from'] == 'table3a/m16/seed0' and rec2['split_curve'] == [
+    [0, 1.0]
+  ]
   rec = json.loads((tmp_path / 'table3a/m16/seed0/record.json').read_text())
   # Per image, the same prompts and keys before and after: pooled figures
   # equal the summaries'.
@@ -521,3 +530,57 @@ def test_a_run_whose_evaluation_lost_images_to_ocr_is_flagged_and_never_reused(
   records = aggregate.load_records(str(tmp_path), 'table4a')
   assert sorted(r['seed'] for r in records) == [0, 1]
   assert all(r['ocr_failed_after'] == 0 for r in records)
+
+
+class EvalWritingTrain:
+  """Writes per-image eval records like `eval.heldout` and honours eval.before."""
+
+  def __init__(self):
+    self.before_flags = []
+
+  def _write(self, workdir, name, correct):
+    out = os.path.join(workdir, name)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'records.jsonl'), 'w') as f:
+      for i, c in enumerate(correct):
+        rec = {'key': f'k{i}', 'targets': ['W'], 'n_words': 1, 'n_correct': c}
+        f.write(json.dumps({**rec, 'similarity': float(c)}) + '\n')
+
+  def __call__(self, config, workdir, pool=None):
+    self.before_flags.append(bool(config.eval.before))
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+      f.write(json.dumps({'step': 0, 'reward/mean': 0.1}) + '\n')
+    before = None
+    if config.eval.before:
+      self._write(workdir, 'eval_before', [1, 0, 0, 0])
+      before = {'word_accuracy': 0.25, 'ned': 0.25, 'n_failed': 0}
+    self._write(workdir, 'eval_after', [1, 1, 0, 0])
+    return {
+      'before': before,
+      'after': {'word_accuracy': 0.5, 'ned': 0.5, 'n_failed': 0},
+    }
+
+
+def test_the_first_run_evaluates_the_start_and_the_others_share_it(tmp_path):
+  config = toy_config()
+  runs = studies.plan('table5', config, seeds=1, budget_updates=1)
+  fake = EvalWritingTrain()
+  ablate.sweep(config, runs, str(tmp_path), train_fn=fake)
+  assert fake.before_flags == [True, False, False]
+  first = json.loads((tmp_path / 'table5/K1/seed0/record.json').read_text())
+  third = json.loads((tmp_path / 'table5/K4/seed0/record.json').read_text())
+  assert 'before_from' not in first and third['before_from'] == 'table5/K1/seed0'
+  assert third['eval_before'] == first['eval_before']
+  assert third['word_accuracy_before'] == 0.25 and third['eval_before']['correct'] == [
+    1,
+    0,
+    0,
+    0,
+  ]
+  # eval.before is not part of a run's identity, nor of its evaluation's.
+  assert third['eval_settings'] == first['eval_settings']
+  assert third['eval_after']['digest'] == first['eval_before']['digest']
+  # A later sitting takes the finished runs' evaluation too.
+  more = studies.plan('table4a', config, seeds=1, budget_updates=1, only=('vanilla',))
+  ablate.sweep(config, more, str(tmp_path), train_fn=fake)
+  assert fake.before_flags[-1] is False

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from varrl_jax import distributed, fs
+from varrl_jax import images as images_lib
 from varrl_jax.data import prompt_sources, synthetic
 from varrl_jax.eval import evaluator, prompt_sets, reward_eval
 
@@ -107,3 +110,47 @@ def captions(report, n: int) -> list[str]:
   if isinstance(report, reward_eval.RewardReport):
     return reward_eval.grid_captions(report.records, n)
   return evaluator.grid_captions(report.records, n)
+
+
+def print_before(before, ocr_eval: bool) -> None:
+  if ocr_eval:
+    print(
+      f'held-out before: Word Accuracy {before.summary.word_accuracy:.4f}  '
+      f'NED {before.summary.ned:.4f}'
+    )
+  else:
+    print(f'held-out before: {before.summary.line()}')
+
+
+def report_change(config, source, workdir: str, before, after, ocr_eval: bool) -> None:
+  """Writes ``WORKDIR/before_after.png`` (the after row alone without a
+  ``before`` evaluation, ``eval.before=False``) and prints the change."""
+  n = min(len(after.grid_images), 8)
+  rows = [] if before is None else [before]
+  images = np.concatenate([r.grid_images[:n] for r in [*rows, after]])
+  labels = [] if before is None else [f'before\n{c}' for c in captions(before, n)]
+  grid = images_lib.save_grid(
+    fs.join(workdir, 'before_after.png'),
+    images,
+    labels + [f'after\n{c}' for c in captions(after, n)],
+    columns=n,
+    scale=2,
+    caption_lines=3,
+  )
+  print(f'before/after grid: {grid}')
+  a = after.summary
+  split = eval_split(config, source)
+  if before is None:
+    line = (
+      f'Word Accuracy {a.word_accuracy:.4f}  NED {a.ned:.4f}' if ocr_eval else a.line()
+    )
+    print(f'held-out after: {line}  ({split})')
+    return
+  b = before.summary
+  if ocr_eval:
+    print(
+      f'held-out Word Accuracy {b.word_accuracy:.4f} -> {a.word_accuracy:.4f}  '
+      f'NED {b.ned:.4f} -> {a.ned:.4f}  ({split}, {a.n_words} words)'
+    )
+  else:
+    print(f'held-out {b.change(a)}  ({a.n_images} images)')

@@ -105,6 +105,16 @@ def sweep(
   weights = weights_fingerprint(config)
   finished = finished_runs(config, workdir, weights) if reuse_same_config else {}
   git = git_commit()  # the code this process loaded, whatever the checkout does next
+  # One evaluation of the starting weights serves every run (same weights,
+  # prompts and keys): the first run makes it, the others take it.
+  baseline = next(
+    (
+      (path, rec)
+      for path, rec in finished.values()
+      if rec.get('eval_before') and not rec.get('before_from')
+    ),
+    None,
+  )
   start = time.time()
   for i, run in enumerate(runs):
     run_dir = os.path.join(workdir, run.path)
@@ -160,7 +170,7 @@ def sweep(
     log(f'[{i + 1}/{len(runs)}] {run.path}: {" ".join(run.flags())}')
     try:
       pool = pool_factory() if pool_factory is not None else None
-      record = execute(run, config, run_dir, train_fn, pool, base_flags, git)
+      record = execute(run, config, run_dir, train_fn, pool, base_flags, git, baseline)
     except Exception as e:  # one failed run must not stop the sweep
       traceback.print_exc()
       result.failed.append((run.path, f'{type(e).__name__}: {e}'))
@@ -168,6 +178,8 @@ def sweep(
       continue
     _write_json(path, record)
     result.done.append(run.path)
+    if baseline is None and record.get('eval_before') and not record.get('before_from'):
+      baseline = (run.path, record)
     unread = aggregate.unread_images(record)
     if not unread:
       finished.setdefault(key, (run.path, record))

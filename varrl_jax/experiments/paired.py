@@ -106,10 +106,12 @@ class EvalArrays:
 def digest_of(records: list[dict], config) -> str:
   """What makes two evaluations comparable image by image: the prompts (keys
   and targets, in order), every ``config.eval`` setting but the grid size
-  (the seed and batch size fix the sampling keys), the sampling settings and
-  the OCR engine."""
+  and ``before`` (the seed and batch size fix the sampling keys), the
+  sampling settings and the OCR engine."""
   items = [[r.get('key'), list(r.get('targets', ()))] for r in records]
-  settings = {k: v for k, v in config.eval.to_dict().items() if k != 'grid_images'}
+  settings = {
+    k: v for k, v in config.eval.to_dict().items() if k not in ('grid_images', 'before')
+  }
   text = json.dumps(
     {
       'items': items,

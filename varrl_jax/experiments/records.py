@@ -96,8 +96,15 @@ def _write_json(path: str, obj: dict) -> None:
 # weight gradients are computed (RL never differentiates the tokenizer),
 # where compiled programs are cached, and how often a hung or crashed OCR
 # read is tried again (it changes a reading only where the run would
-# otherwise have lost it, which the record counts: ocr_failed_*).
-UNFINGERPRINTED = ('tokenizer.conv_weight_grad', 'compilation_cache_dir', 'ocr.retries')
+# otherwise have lost it, which the record counts: ocr_failed_*), and whether
+# the run evaluates its starting weights itself (eval.before: a sweep shares
+# one such evaluation among its runs).
+UNFINGERPRINTED = (
+  'tokenizer.conv_weight_grad',
+  'compilation_cache_dir',
+  'ocr.retries',
+  'eval.before',
+)
 
 
 def config_fingerprint(config) -> str:
@@ -175,6 +182,14 @@ def _normalized(overrides: dict) -> dict:
   return json.loads(json.dumps(overrides))
 
 
+def eval_settings(config) -> str:
+  """A digest of what decides a held-out evaluation of given weights (the
+  ``eval``, ``sampling`` and OCR engine settings; `paired.digest_of` of no
+  images): runs that share it and their weights share their evaluation
+  before RL."""
+  return paired.digest_of([], config)
+
+
 def default_split(config) -> int | None:
   """The base config's VMR split index (None: adaptive or unresolvable): the
   run of Table 3a at this index is the study's default."""
@@ -211,19 +226,38 @@ def execute(
   pool=None,
   base_flags: tuple[str, ...] = (),
   git: dict | None = None,
+  baseline: tuple[str, dict] | None = None,
 ) -> dict:
   """Trains one run and returns its record (not yet written).
 
   ``git``: the commit of the code that runs (`git_commit` when the sweep
   started, as the checkout may move on while a long sweep runs).
+  ``baseline``: (path, record) of a finished run of the same starting
+  weights and evaluation settings (`eval_settings`): the run skips its own
+  evaluation before RL (``eval.before=False``) and its record takes that
+  one's, marked ``before_from``.
   """
   run_config = studies.apply_overrides(config, run.overrides)
+  if baseline is not None and baseline[1].get('eval_settings') != eval_settings(
+    run_config
+  ):
+    baseline = None
+  if baseline is not None:
+    run_config.eval.before = False
   os.makedirs(run_dir, exist_ok=True)
   t0 = time.time()
   kwargs = {} if pool is None else {'pool': pool}
   result = train_fn(run_config, run_dir, **kwargs)
   wall = time.time() - t0
   before, after = result['before'], result['after']
+  if before is None:
+    if baseline is None:
+      raise ValueError('the run made no evaluation before RL and has no baseline')
+    before = {
+      'word_accuracy': baseline[1]['word_accuracy_before'],
+      'ned': baseline[1]['ned_before'],
+      'n_failed': baseline[1].get('ocr_failed_before', 0),
+    }
   record = {
     'study': run.study,
     'run': run.name,
@@ -260,6 +294,10 @@ def execute(
   for name in ('eval_before', 'eval_after'):
     arrays = paired.read_eval(run_dir, name, run_config)
     record[name] = None if arrays is None else arrays.to_json()
+  record['eval_settings'] = eval_settings(run_config)
+  if baseline is not None and result['before'] is None:
+    record['eval_before'] = baseline[1].get('eval_before')
+    record['before_from'] = baseline[0]
   record['eval_prompts'] = int(run_config.eval.num_prompts)
   record['ocr_engine'] = str(run_config.ocr.engine)
   record['default_m'] = default_split(config)
