@@ -33,7 +33,8 @@ def test_schedule_has_eight_scales_spanning_100x():
   assert tuple(config.image_size) == tuple(tiny.image_size)
   assert sched.grids[-1] == build_model(tiny).schedule.grids[-1]
   assert config.rl.lr == tiny.rl.lr and config.sampling.top_k == tiny.sampling.top_k
-  assert config.init_checkpoint in ('', SHIPPED_SMALL)
+  expected = SHIPPED_SMALL if os.path.isdir(SHIPPED_SMALL) else ''
+  assert config.init_checkpoint == expected
   # The split nearest the paper's m256 of 1024² (1/4 of the side).
   assert config.rl.vmr.m == '3' and sched.grids[3] == (2, 6)
 
@@ -65,3 +66,32 @@ def test_tiny_tokenizer_reads_finer_at_eight_scales():
 
   fine, coarse = residual(small), residual(tiny)
   assert fine < coarse < 1.0
+
+
+@pytest.mark.skipif(not os.path.isdir(SHIPPED_SMALL), reason='no shipped small model')
+def test_shipped_small_checkpoint_loads_and_records_its_quality():
+  config = _config('small')
+  manifest = checkpoint.read_manifest(SHIPPED_SMALL)
+  assert manifest['parts'] == ['tokenizer', 'transformer']
+  size = sum(
+    os.path.getsize(os.path.join(d, f))
+    for d, _, fs in os.walk(SHIPPED_SMALL)
+    for f in fs
+  )
+  assert size < 12 * 2**20, f'shipped checkpoint is {size / 2**20:.1f} MiB'
+  quality = manifest['quality']
+  # The issue's bar: greedy held-out Word Accuracy >= 0.25, and room above
+  # the rollout sampling's figure.
+  greedy = quality['heldout_greedy']['metrics']['word_accuracy']
+  rollout = quality['heldout_topk2_topp09']['metrics']['word_accuracy']
+  assert greedy >= 0.25 and rollout < 0.9
+  model = build_model(config)
+  params = checkpoint.load_params(SHIPPED_SMALL, model)
+  # Its tokenizer is the tiny one's (the token ids the transformer learned).
+  tiny = checkpoint.load_params(SHIPPED_TINY, model, ('tokenizer',))
+  for a, b in zip(
+    jax.tree.leaves(params['tokenizer']),
+    jax.tree.leaves(tiny['tokenizer']),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
