@@ -89,3 +89,20 @@ def _step_of(line: str) -> float:
 def read_jsonl(path: str) -> list[dict]:
   """All records of a ``metrics.jsonl`` file."""
   return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
+
+
+def last_per_step(path: str, keep=lambda rec: True) -> dict[int, dict]:
+  """step -> the last record of that step in a ``metrics.jsonl`` file among
+  those ``keep`` accepts (a resumed run logs a step again; a torn or foreign
+  line is skipped). {} when the file does not exist."""
+  if not fs.exists(path):
+    return {}
+  by_step = {}
+  for line in fs.read_text(path).splitlines():
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(rec, dict) and 'step' in rec and keep(rec):
+      by_step[int(rec['step'])] = rec
+  return by_step

@@ -16,7 +16,6 @@ and full updates log ``/coverage`` of their own masks.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,27 +23,10 @@ import warnings
 
 import numpy as np
 
+from varrl_jax import writers
+
 PREFIX_KEYS = ('coverage', 'branch_coverage', 'overlap', 'pair_overlap')
 _KEY = re.compile(r'^mp/scale(\d+)/(\w+)$')
-
-
-def _last_record_per_step(path: str) -> dict[int, dict]:
-  """step -> the last metrics.jsonl record of that step with an ``mp/`` key
-  (a resumed run logs a step again; a torn last line is skipped)."""
-  by_step = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except ValueError:
-        continue
-      if (
-        isinstance(rec, dict)
-        and 'step' in rec
-        and any(k.startswith('mp/') for k in rec)
-      ):
-        by_step[int(rec['step'])] = rec
-  return by_step
 
 
 def _mean_per_scale(records: list[dict], key: str, num_scales: int) -> list:
@@ -75,9 +57,7 @@ def summarize(run_dir: str, grids=None) -> dict:
   figure's labels).
   """
   path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return {}
-  by_step = _last_record_per_step(path)
+  by_step = writers.last_per_step(path, lambda r: any(k.startswith('mp/') for k in r))
   if not by_step:
     return {}
   records = [by_step[s] for s in sorted(by_step)]

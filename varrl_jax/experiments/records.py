@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from absl import logging
 
-from varrl_jax import fs
+from varrl_jax import fs, writers
 from varrl_jax.experiments import aggregate, mp_overlap, paired, studies
 from varrl_jax.experiments.studies import Run
 
@@ -55,20 +55,10 @@ def _summary_field(summary, name: str):
 
 def metric_curve(run_dir: str, name: str) -> list[list[float]]:
   """[[step, value], ...] of metric ``name`` from the run's metrics.jsonl
-  (the last write of a step wins; a torn line is skipped)."""
+  (`writers.last_per_step`: the last write of a step wins)."""
   path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  by_step = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(rec, dict) and name in rec:
-        by_step[int(rec['step'])] = float(rec[name])
-  return [[s, by_step[s]] for s in sorted(by_step)]
+  by_step = writers.last_per_step(path, lambda r: name in r)
+  return [[s, float(by_step[s][name])] for s in sorted(by_step)]
 
 
 def reward_curve(run_dir: str) -> list[list[float]]:
