@@ -54,9 +54,23 @@ def test_other_images_are_refused(tmp_path, capsys):
   assert ocr_agreement.main([a, c]) == 2
   assert 'other weights or seeds' in capsys.readouterr().err
   assert ocr_agreement.main([a]) == 2
-  assert '1 folders given, 2 needed' in capsys.readouterr().err
+  assert '1 folders given, 2 or 4 needed' in capsys.readouterr().err
   assert ocr_agreement.main([a, a, '--out', 'x.json']) == 2
   assert 'error: unknown flag --out' in capsys.readouterr().err
   d = _write(tmp_path / 'd', [1], [2])
   assert ocr_agreement.main([a, d]) == 2
   assert 'other target words' in capsys.readouterr().err
+
+
+def test_the_run_difference_under_two_engines(tmp_path, capsys):
+  r1e1 = _write(tmp_path / 'r1e1', [1, 0, 0, 0], [1, 1, 1, 1])
+  r2e1 = _write(tmp_path / 'r2e1', [1, 1, 1, 0], [1, 1, 1, 1])
+  r1e2 = _write(tmp_path / 'r1e2', [1, 1, 0, 0], [1, 1, 1, 1])
+  r2e2 = _write(tmp_path / 'r2e2', [1, 1, 1, 0], [1, 1, 1, 1])
+  out = tmp_path / 'diff.json'
+  assert ocr_agreement.main([r1e1, r2e1, r1e2, r2e2, f'--out={out}']) == 0
+  rec = json.loads(out.read_text())
+  assert rec['runs_engine1'][0] == pytest.approx(0.5)
+  assert rec['runs_engine2'][0] == pytest.approx(0.25)
+  assert rec['gap'] == pytest.approx(-0.25)
+  assert 'engine gap of the difference -0.2500' in capsys.readouterr().out

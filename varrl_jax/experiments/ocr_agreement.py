@@ -10,6 +10,9 @@ sweeps with the light engine.
 
 The two evaluations sample the same images (same prompts, keys and
 weights: `evaluate` is deterministic), so they differ only by the engine.
+Given four folders (run 1 and run 2 read by engine 1, then by engine 2) it
+prints instead each engine's paired difference run 2 - run 1: whether an
+ablation's verdict depends on the engine.
 Printed: each engine's Word Accuracy and NED, the paired difference b - a
 with a 95% bootstrap interval over images (`paired.paired_interval`), the
 share of images whose count of words read right is the same, and Cohen's
@@ -81,19 +84,60 @@ def agreement(a: list[dict], b: list[dict], resamples: int = 2000) -> dict:
   return out
 
 
+def run_difference(a: list[dict], b: list[dict], resamples: int = 2000) -> list[float]:
+  """[b - a, lo, hi] of pooled Word Accuracy of two runs' records of the
+  same prompts (one engine), paired over images."""
+  if [r['key'] for r in a] != [r['key'] for r in b]:
+    raise ValueError('the two runs were scored on other prompts (keys differ)')
+  block = np.array(
+    [
+      [ra['n_correct'], ra['n_words'], rb['n_correct'], rb['n_words']]
+      for ra, rb in zip(a, b)
+    ],
+    np.float64,
+  )
+  return list(paired.paired_interval([block], resamples))
+
+
+def difference_agreement(folders: list[str]) -> dict:
+  """Run 1 and run 2 read by engine E1 and by engine E2 (folders R1E1, R2E1,
+  R1E2, R2E2): does the run difference an ablation reports depend on the
+  engine? Each engine's difference with its interval, and their gap."""
+  (r1e1, _), (r2e1, _), (r1e2, _), (r2e2, _) = (read_samples(f) for f in folders)
+  d1, d2 = run_difference(r1e1, r2e1), run_difference(r1e2, r2e2)
+  return {'runs_engine1': d1, 'runs_engine2': d2, 'gap': d2[0] - d1[0]}
+
+
 def main(argv: list[str]) -> int:
   args = [a for a in argv if not a.startswith('--')]
   flags = [a for a in argv if a.startswith('--')]
   bad = [f for f in flags if not f.startswith('--out=') or f == '--out=']
-  if len(args) != 2 or bad:
-    why = f'unknown flag {bad[0]}' if bad else f'{len(args)} folders given, 2 needed'
+  if len(args) not in (2, 4) or bad:
+    why = (
+      f'unknown flag {bad[0]}' if bad else f'{len(args)} folders given, 2 or 4 needed'
+    )
     print(
       f'error: {why}; usage: python -m varrl_jax.experiments.ocr_agreement '
-      'DIR_A DIR_B [--out=FILE]',
+      'DIR_A DIR_B [--out=FILE] (two engines, the same images), or '
+      'R1E1 R2E1 R1E2 R2E2 [--out=FILE] (two runs read by two engines)',
       file=sys.stderr,
     )
     return 2
   opts = dict(f[2:].split('=', 1) for f in flags)
+  if len(args) == 4:
+    try:
+      out = difference_agreement(args)
+    except (OSError, ValueError, KeyError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    out['folders'] = args
+    for name in ('runs_engine1', 'runs_engine2'):
+      d, lo, hi = out[name]
+      print(f'{name}: run 2 - run 1 WA {d:+.4f} [{lo:+.4f}, {hi:+.4f}]')
+    print(f'engine gap of the difference {out["gap"]:+.4f}')
+    if 'out' in opts:
+      fs.write_text(opts['out'], json.dumps(out, indent=2))
+    return 0
   try:
     (a, meta_a), (b, meta_b) = read_samples(args[0]), read_samples(args[1])
     if meta_a.get('weights') != meta_b.get('weights') or meta_a.get(
