@@ -80,3 +80,21 @@ def test_committed_records_render_the_paper_value_in_the_report():
   assert _row(md, 'alpha0.6').endswith('| 0.7136 | n/a |')
   with open(os.path.join(ROOT, 'docs', 'results_tiny.md')) as f:
     assert _row(md, 'alpha0.6') in f.read()
+
+
+def test_testbed_tables_in_the_docs_are_the_reports_of_the_committed_records():
+  """docs/results.md's testbed tables are `--report` of docs/ablations/small:
+  each study's verdict rows and paired rows, rendered again from the records,
+  appear there unchanged."""
+  with open(os.path.join(ROOT, 'docs', 'results.md')) as f:
+    doc = f.read()
+  for study in ('table4a', 'table3a', 'table3b', 'table5'):
+    records = aggregate.load_records(
+      os.path.join(ROOT, 'docs', 'ablations', 'small'), study
+    )
+    assert records, study
+    md = aggregate.markdown(study, aggregate.aggregate(records), records)
+    rows = [line for line in md.splitlines() if line.startswith('| ')]
+    assert len(rows) > 6, study
+    for line in rows:
+      assert line in doc, (study, line)
