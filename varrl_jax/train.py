@@ -298,7 +298,7 @@ def _check(config, model):
 def train(config, workdir: str, pool=None) -> dict:
   """Runs the whole job; returns the before/after held-out summaries:
   `eval.metrics.Summary` (Word Accuracy, NED) or `reward_eval.RewardSummary`
-  (module docstring).
+  (module docstring); 'before' is None with ``config.eval.before=False``.
 
   ``pool``: an OCR pool for the ``ocr`` reward term instead of the one
   ``config.ocr`` describes (tests inject engines this way; the caller closes
