@@ -226,6 +226,15 @@ def aggregate(records: list[dict], order: tuple[str, ...] = ()) -> list[Row]:
   return rows
 
 
+def _records_with_mp_stats(records: list[dict]) -> dict[str, list[dict]]:
+  """{run name: its records that hold MP x K statistics}, names sorted."""
+  by_run: dict[str, list[dict]] = {}
+  for r in records:
+    if r.get('mp_stats'):
+      by_run.setdefault(r['run'], []).append(r)
+  return dict(sorted(by_run.items()))
+
+
 def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
   """The study's table, ours beside the paper's (n/a where not given)."""
   budgets = sorted({r['budget_updates'] for r in records})
@@ -291,10 +300,7 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
       '',
       *verdicts,
     ]
-  with_mp: dict[str, list[dict]] = {}
-  for r in records:
-    if r.get('mp_stats'):
-      with_mp.setdefault(r['run'], []).append(r)
+  with_mp = _records_with_mp_stats(records)
   if study == 'table5' and with_mp:
     lines += [
       '',
@@ -302,7 +308,7 @@ def markdown(study: str, rows: list[Row], records: list[dict]) -> str:
       "/ the mean Jaccard overlap of two branches' masks, over the prefix updates "
       '(mean over seeds):',
       '',
-      *mp_overlap.markdown(dict(sorted(with_mp.items()))),
+      *mp_overlap.markdown(with_mp),
     ]
   return '\n'.join(lines) + '\n\n' + paper_markdown(study)
 
@@ -358,12 +364,7 @@ def write_report(workdir: str, study: str, order=()) -> tuple[str, str] | None:
     study, records, os.path.join(workdir, f'{study}_reward.png'), order
   )
   # MP x K (and any study with MP stats): per-scale coverage and overlap.
-  by_run: dict[str, list[dict]] = {}
-  for r in records:
-    if r.get('mp_stats'):
-      by_run.setdefault(r['run'], []).append(r)
+  by_run = _records_with_mp_stats(records)
   if by_run and study == 'table5':
-    mp_overlap.figure(
-      dict(sorted(by_run.items())), os.path.join(workdir, f'{study}_mp_overlap.png')
-    )
+    mp_overlap.figure(by_run, os.path.join(workdir, f'{study}_mp_overlap.png'))
   return md, png

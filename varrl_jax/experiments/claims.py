@@ -161,11 +161,11 @@ def verdict_lines(study: str, records: list[dict], resamples: int = 2000) -> lis
   ]
   for c in claims:
     a, b = evals.get(c.worse), evals.get(c.better)
-    try:
-      interval = paired.compare(a, b, c.metric, resamples, (c.worse, c.better))
-    except (ValueError, TypeError) as e:
-      interval = None
-      if a and b:
+    interval = None
+    if a and b:
+      try:
+        interval = paired.compare(a, b, c.metric, resamples, (c.worse, c.better))
+      except ValueError as e:
         lines.append(f'| {c.text} | {c.source} | not comparable: {e} | — | — |')
         continue
     if interval is None:
