@@ -174,7 +174,11 @@ def main(argv):
   update_flops = flops.rl_update_flops(dims, eff_rows, num_scales, inner)
   hw = flops.rl_update_flops(dims, eff_rows, num_scales, inner, remat=True)
 
-  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}')
+  tunables = os.environ.get('GLIBC_TUNABLES', '') or 'unset (varrl_jax/hostenv.py)'
+  print(
+    f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; '
+    f'GLIBC_TUNABLES {tunables}'
+  )
   print(
     f'model: {n_params / 1e6:.2f}M transformer params, {dims.num_layers} layers, '
     f'd={dims.d_model}, N = {dims.prefix_len} prefix + {model.schedule.num_tokens} '

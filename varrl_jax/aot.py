@@ -254,6 +254,11 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
   from varrl_jax.rl.loop import Method
   from varrl_jax.sampling import Sampler
 
+  if config.model.get('dense_layout') == 'auto':
+    # 'auto' follows the default backend, this CPU host; the programs are
+    # for TPU (models/transformer.py resolve_dense_layout).
+    config = config.copy_and_resolve_references()
+    config.model.dense_layout = 'batched'
   model = build_model(config)
   rl = config.rl
   opts = SamplingOptions.from_config(config.sampling)
@@ -310,12 +315,15 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
     'weights': jax.ShapeDtypeStruct((n,), f32, sharding=rep),
     'on_policy': jax.ShapeDtypeStruct((), f32, sharding=rep),
   }
+  hp = grpo.GrpoHParams.from_config(rl)
+  if hp.decoupled:  # an overlap run's off-policy batch
+    batch['behaviour_logp'] = _batch_input(mesh, (b, n), f32, b)
   cfg_rows = opts.uses_uncond and opts.policy == 'cfg'
   rows = f' ({2 * b} rows with the CFG branch)' if cfg_rows else ''
   step = grpo.make_train_step(
     model,
     opts,
-    grpo.GrpoHParams.from_config(rl),
+    hp,
     optimizer,
     Method.from_config(config, model).alpha,
     lora=lora,
@@ -324,7 +332,6 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
     if 'train_step' in programs:
       compiled, error, seconds = _compile(step, abstract_state, batch, *step_args)
   lora_what = '' if lora is None else f', LoRA rank {lora.rank}'
-  hp = grpo.GrpoHParams.from_config(rl)
   if hp.micro_rows:
     lora_what += f', {b // hp.micro_rows} micro-batches of {hp.micro_rows} sequences'
   eff = 2 * b if cfg_rows else b

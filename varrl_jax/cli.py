@@ -95,7 +95,15 @@ def check_overrides(argv: list[str], flag_name: str = 'config') -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags parser for ``app.run(main, flags_parser=parse_flags)``."""
+  """absl flags parser for ``app.run(main, flags_parser=parse_flags)``.
+
+  When ``argv`` is the process's own command line, first re-executes the
+  process once with malloc on transparent huge pages (`hostenv`;
+  ``VARRL_MALLOC_HUGETLB=0`` turns it off)."""
+  if list(argv) == sys.argv:
+    from varrl_jax import hostenv
+
+    hostenv.reexec_with_huge_pages()
   try:
     check_overrides(argv)
     rest = flags.FLAGS(argv)

@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = 'float32'
   c.model.remat = 'none'  # 'none' | 'full' | 'dots' (rematerialise blocks)
   c.model.attention = 'plain'
+  # 'rows': dense layers see [B T, d] (no transposing copies in XLA:CPU's
+  # weight gradients); 'batched': [B, T, d]; 'auto': 'rows' on the CPU
+  # backend (models/transformer.py resolve_dense_layout).
+  c.model.dense_layout = 'auto'
   # Layers per iteration of the scan over layers (num_layers = fully
   # unrolled): small models on CPU lose ~5 ms per loop iteration.
   c.model.scan_unroll = 1
@@ -204,6 +208,15 @@ def base_config() -> ml_collections.ConfigDict:
   # and its step runs; the importance ratio uses the log-probs recorded at
   # sampling time (varrl_jax/rl/pipeline.py).
   c.rl.pipeline = 'sync'
+  # The objective of off-policy ('overlap') rollouts. 'decoupled': the clip's
+  # trust region is centred on the params before the update, as in sync, and
+  # each token's surrogate is weighted by pi_old / pi_behaviour (at most
+  # iw_cap if > 0). 'behaviour': the ratio is taken to the behaviour policy
+  # itself, as PPO does (measured to learn more slowly, docs/design.md).
+  # varrl_jax/rl/grpo.py.
+  c.rl.off_policy = ml_collections.ConfigDict()
+  c.rl.off_policy.objective = 'decoupled'
+  c.rl.off_policy.iw_cap = 0.0
   c.rl.clip_eps = 0.2  # epsilon of the clipped surrogate
   c.rl.kl_beta = 0.04  # beta of the k3 KL to the frozen reference
   c.rl.adv_eps = 1e-4  # A = (R - mean) / (std + adv_eps)

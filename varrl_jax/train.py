@@ -59,7 +59,7 @@ from varrl_jax.eval import heldout
 from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import batch_check, loop, mask_viz, pipeline
+from varrl_jax.rl import batch_check, grpo, loop, mask_viz, pipeline
 from varrl_jax.weights import load_weights
 from varrl_jax.writers import MetricWriter
 
@@ -278,6 +278,7 @@ def _check(config, model):
   compiles."""
   batch_check.check_batches(config)
   pipeline.check(config)
+  grpo.off_policy_objective(config.rl)
   reward_api.parse(config.rl.rewards)
   source = prompt_sources.from_config(config)
   if isinstance(source, prompt_sources.TextPrompts):

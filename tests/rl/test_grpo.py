@@ -41,6 +41,67 @@ def test_token_terms_definition():
   np.testing.assert_allclose(surr_neg, [[-2.0, -1.0, -0.8]], rtol=1e-6)
 
 
+def test_decoupled_objective_weights_the_surrogate_not_the_kl():
+  """surr_i = w_i min(rho A, clip(rho) A), w = pi_old / pi_behaviour
+  (stop-gradient, optionally capped); the KL term is unweighted."""
+  logp = jnp.log(jnp.array([[0.5, 0.5, 0.2]]))
+  old = jnp.log(jnp.array([[0.25, 0.5, 0.4]]))
+  ref = jnp.log(jnp.array([[0.5, 0.25, 0.2]]))
+  behaviour = jnp.log(jnp.array([[0.5, 0.25, 0.1]]))
+  iw = grpo.behaviour_weights(old, behaviour)
+  np.testing.assert_allclose(iw, [[0.5, 2.0, 4.0]], rtol=1e-6)
+  np.testing.assert_allclose(
+    grpo.behaviour_weights(old, behaviour, 3.0), [[0.5, 2.0, 3.0]]
+  )
+  surr, kl, _, _ = grpo.token_terms(logp, old, ref, jnp.array([1.0]), 0.2, iw)
+  np.testing.assert_allclose(surr, [[0.6, 2.0, 2.0]], rtol=1e-6)
+  _, kl_plain, _, _ = grpo.token_terms(logp, old, ref, jnp.array([1.0]), 0.2)
+  np.testing.assert_array_equal(kl, kl_plain)
+  # d l_i / d logp_i at rho = 1 (pi_old = pi, stop-gradient):
+  # -w_i A + beta (1 - e^r_i); the weights carry no gradient of their own.
+  adv, beta = jnp.array([-0.7]), 0.04
+
+  def loss(lp, old_lp):
+    w = grpo.behaviour_weights(old_lp, behaviour, 3.0)
+    return grpo.per_token_loss(
+      lp, jax.lax.stop_gradient(old_lp), ref, adv, 0.2, beta, w
+    ).sum()
+
+  g = np.asarray(jax.grad(loss, argnums=(0, 1))(logp, logp)[0])
+  w = np.minimum(np.exp(np.log([0.5, 0.5, 0.2]) - np.log([0.5, 0.25, 0.1])), 3.0)
+  r = np.log([0.5, 0.25, 0.2]) - np.log([0.5, 0.5, 0.2])
+  np.testing.assert_allclose(g[0], -w * -0.7 + beta * (1 - np.exp(r)), rtol=1e-5)
+  assert np.asarray(jax.grad(loss, argnums=1)(logp, logp)).max() == 0.0
+
+
+def test_decoupled_step_scales_the_gradient_by_the_behaviour_weight(toy):
+  """With a behaviour policy c times less likely on every token than the
+  params before the step (and no KL), the decoupled step's gradient is
+  exactly c times the on-policy step's (c = 2), or the cap (1.5)."""
+  config, model, params = toy
+  optimizer = grpo.make_optimizer(config.rl)
+  batch = _batch(model, params)
+  # log pi_old of the step = its own teacher-forced log-probs = ref_logp here.
+  prox = batch['ref_logp']
+  norms, iws = {}, {}
+  for name, hp, c in (
+    ('sync', grpo.GrpoHParams(kl_beta=0.0), None),
+    ('x2', grpo.GrpoHParams(kl_beta=0.0, decoupled=True), 2.0),
+    ('cap', grpo.GrpoHParams(kl_beta=0.0, decoupled=True, iw_cap=1.5), 2.0),
+  ):
+    step = grpo.make_train_step(model, OPTS, hp, optimizer, 0.6)
+    b = batch if c is None else dict(batch, behaviour_logp=prox - np.log(c))
+    _, metrics, _ = step(_fresh_state(params, optimizer), b)
+    norms[name] = float(metrics['grad_norm'])
+    iws[name] = metrics.get('off_policy/iw')
+  assert norms['sync'] > 1e-3
+  assert iws['sync'] is None
+  np.testing.assert_allclose(norms['x2'] / norms['sync'], 2.0, rtol=1e-3)
+  np.testing.assert_allclose(float(iws['x2']), 2.0, rtol=1e-3)
+  np.testing.assert_allclose(norms['cap'] / norms['sync'], 1.5, rtol=1e-3)
+  np.testing.assert_allclose(float(iws['cap']), 1.5, rtol=1e-6)
+
+
 def _batch(model, params, seed=0, mask=None, weights=None):
   prompts = ["a sign that reads 'OPEN'", "a red poster that reads 'SALE'"] * 2
   cond = model.encode_prompts(prompts)

@@ -64,15 +64,17 @@ def test_overlap_samples_one_update_behind_and_learns_off_policy(toy, monkeypatc
       for a, b in zip(dispatched[n], thetas[theta]):
         np.testing.assert_array_equal(a, b)
     assert not all(np.array_equal(a, b) for a, b in zip(thetas[0], thetas[1]))
-    # Off policy: log pi_old is the sampler's record of the behaviour policy.
+    # Off policy, decoupled (the default): the batch holds the sampler's
+    # record of the behaviour policy, and the first step takes its own
+    # log-probs as log pi_old (on_policy 1).
     for ro, batch in batches:
-      assert float(batch['on_policy']) == 0.0
+      assert float(batch['on_policy']) == 1.0
       rows = np.arange(0, ro.logprobs.shape[0], ro.shape[2])
-      if batch['old_logp'].shape[0] == ro.logprobs.shape[0]:
+      if batch['behaviour_logp'].shape[0] == ro.logprobs.shape[0]:
         rows = np.arange(ro.logprobs.shape[0])
-      n = batch['old_logp'].shape[1]  # a prefix batch: the prefix positions
+      n = batch['behaviour_logp'].shape[1]  # a prefix batch: the prefix positions
       np.testing.assert_array_equal(
-        np.asarray(batch['old_logp']), ro.logprobs[rows, :n]
+        np.asarray(batch['behaviour_logp']), ro.logprobs[rows, :n]
       )
     # The pending rollout 2 is exactly the synchronous sampler's draw with
     # theta_1 and update 2's key.
@@ -93,15 +95,25 @@ def test_overlap_samples_one_update_behind_and_learns_off_policy(toy, monkeypatc
     rollout.score(ref, trainer.reward)
 
 
-def test_first_overlap_update_matches_sync(toy):
-  """Update 0 of both pipelines learns from the same rollout (theta_0): the
-  importance ratio differs from 1 only by the sampler's vs the teacher-forced
-  log-prob rounding."""
+def test_first_overlap_update_matches_sync(toy, monkeypatch):
+  """Update 0 of every pipeline learns from the same rollout (theta_0): the
+  behaviour weights and the 'behaviour' objective's ratio differ from 1 only
+  by the sampler's vs the teacher-forced log-prob rounding."""
   _, model, params = toy
-  out = {}
-  for name in pipeline.PIPELINES:
+  out, batches = {}, {}
+  build_batch = loop.Trainer.build_batch
+
+  def recording_build_batch(self, *a, **kw):
+    batch, stats = build_batch(self, *a, **kw)
+    batches[name] = batch
+    return batch, stats
+
+  monkeypatch.setattr(loop.Trainer, 'build_batch', recording_build_batch)
+  for name in ('sync', 'overlap', 'overlap/behaviour'):
     c = rl_config('vanilla')
-    c.rl.pipeline = name
+    c.rl.pipeline = name.split('/')[0]
+    if name == 'overlap/behaviour':
+      c.rl.off_policy.objective = 'behaviour'
     c.rl.num_updates = 1
     with OcrPool(ReadsWhenBright, num_workers=0) as pool:
       trainer = loop.Trainer(c, model, params, pool)
@@ -113,9 +125,18 @@ def test_first_overlap_update_matches_sync(toy):
     for a, b in zip(out['sync'][0], jax.tree.leaves(params['transformer']))
   )
   assert moved > 1e-4
-  apart = max(np.abs(a - b).max() for a, b in zip(out['sync'][0], out['overlap'][0]))
-  assert apart <= 0.01 * moved, (apart, moved)
+  for name in ('overlap', 'overlap/behaviour'):
+    apart = max(np.abs(a - b).max() for a, b in zip(out['sync'][0], out[name][0]))
+    assert apart <= 0.01 * moved, (name, apart, moved)
   assert out['overlap'][2]['time/update_s'] > 0
+  # The decoupled objective's weights: pi_theta0 / pi_behaviour = 1 up to
+  # rounding. 'behaviour': log pi_old is the sampler's record, no weights.
+  assert abs(out['overlap'][2]['train/off_policy/iw'] - 1.0) < 1e-3
+  assert 'train/off_policy/iw' not in out['sync'][2]
+  assert 'train/off_policy/iw' not in out['overlap/behaviour'][2]
+  assert 'behaviour_logp' not in batches['sync']
+  assert 'behaviour_logp' not in batches['overlap/behaviour']
+  assert float(batches['overlap/behaviour']['on_policy']) == 0.0
 
 
 @pytest.fixture(scope='module')

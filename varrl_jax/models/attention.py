@@ -70,6 +70,27 @@ def plain_attention(
   q_seg int [Tq], k_seg int [Tk], k_valid bool [B, Tk]. Returns [B, Tq, H, D].
   Scores and softmax are float32 whatever the input dtype.
   """
+  groups = query_groups(q_seg, k_seg)
+  if len(groups) > 1:
+    return jnp.concatenate(
+      [
+        _plain(
+          q_bqhd[:, qs:qe],
+          k_bkgd[:, :ke],
+          v_bkgd[:, :ke],
+          q_seg[qs:qe],
+          k_seg[:ke],
+          k_valid[:, :ke],
+          scale,
+        )
+        for qs, qe, ke in groups
+      ],
+      axis=1,
+    )
+  return _plain(q_bqhd, k_bkgd, v_bkgd, q_seg, k_seg, k_valid, scale)
+
+
+def _plain(q_bqhd, k_bkgd, v_bkgd, q_seg, k_seg, k_valid, scale):
   b, tq, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   # Heads-major layouts make both products plain batched matmuls over (b, g)
@@ -86,6 +107,41 @@ def plain_attention(
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum('bgrqk,bgkd->bgrqd', probs, v)  # [B, G, R, Tq, D]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
+
+
+# Score elements one more query group is worth (a pair of small batched
+# matmuls and a softmax more); tiny's step, 2 cores: see `query_groups`.
+GROUP_OVERHEAD = 4096
+
+
+def query_groups(q_seg, k_seg) -> list[tuple[int, int, int]]:
+  """Static (q_start, q_end, k_end) blocks covering the queries, each seeing
+  only the keys [0, k_end) it may attend to, chosen to minimise the computed
+  scores plus `GROUP_OVERHEAD` per block; one block when the segments are
+  traced or not laid out in order."""
+  if isinstance(q_seg, jax.core.Tracer) or isinstance(k_seg, jax.core.Tracer):
+    return [(0, len(q_seg), len(k_seg))]
+  q_seg, k_seg = np.asarray(q_seg), np.asarray(k_seg)
+  tq, tk = len(q_seg), len(k_seg)
+  if tq < 2 or np.any(np.diff(q_seg) < 0) or np.any(np.diff(k_seg) < 0):
+    return [(0, tq, tk)]
+  last = np.searchsorted(k_seg, q_seg, side='right')  # keys visible: [0, last)
+  starts = np.flatnonzero(np.diff(q_seg, prepend=q_seg[0] - 1))
+  ends = np.append(starts[1:], tq)
+  # best[j]: the cheapest cover of runs [0, j); one block = runs [i, j).
+  best, choice = [0] + [None] * len(starts), [0] * (len(starts) + 1)
+  for j in range(1, len(starts) + 1):
+    for i in range(j):
+      cost = best[i] + (ends[j - 1] - starts[i]) * max(int(last[ends[j - 1] - 1]), 1)
+      cost += GROUP_OVERHEAD
+      if best[j] is None or cost < best[j]:
+        best[j], choice[j] = cost, i
+  out, j = [], len(starts)
+  while j > 0:
+    i = choice[j]
+    out.append((int(starts[i]), int(ends[j - 1]), max(int(last[ends[j - 1] - 1]), 1)))
+    j = i
+  return out[::-1]
 
 
 def last_visible_key(q_seg: np.ndarray, k_seg: np.ndarray) -> np.ndarray:

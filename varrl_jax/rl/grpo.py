@@ -19,6 +19,21 @@ inner update of a rollout batch (``batch['on_policy'] = 1``) the step uses its
 own log-probs, stop-gradient, as log pi_old, so rho = 1 exactly; it returns
 them (``aux['logp']``) for the later inner updates of the same batch.
 
+Off-policy rollouts (``rl.pipeline='overlap'``: sampled with the behaviour
+params one update behind) take the decoupled objective
+(``rl.off_policy.objective='decoupled'``, ``GrpoHParams.decoupled``): the
+batch also holds ``behaviour_logp``, the sampler's record, and log pi_old is
+the proximal policy as above (the params before this update), so
+
+    surr_i = w_i min(rho_i A_j, clip(rho_i, 1 - epsilon, 1 + epsilon) A_j)
+    w_i    = pi_old(a_i) / pi_behaviour(a_i)   (stop-gradient; <= iw_cap if > 0)
+
+The clip's trust region is centred on the current params, as in sync, and
+w corrects for the sampling distribution (Hilton et al. 2021, "Batch
+size-invariance for policy optimization"; AReaL, Fu et al. 2025). With
+``objective='behaviour'`` log pi_old is the behaviour log-prob itself
+(``on_policy`` 0), as PPO treats its own sampler.
+
 With LoRA (``config.rl.lora.rank > 0``, `rl.lora`) the trainable params of
 the `TrainState` are the adapters; the step takes the frozen base
 transformer params as a third argument and differentiates
@@ -60,23 +75,34 @@ def group_advantages(rewards, eps: float = 1e-4) -> np.ndarray:
   return ((rewards - mean) / (std + eps)).astype(np.float32)
 
 
-def token_terms(logp, old_logp, ref_logp, adv_b, clip_eps: float):
-  """Per-token (surrogate, kl, ratio, clipped) [B, L] of the GRPO objective."""
+def token_terms(logp, old_logp, ref_logp, adv_b, clip_eps: float, iw=None):
+  """Per-token (surrogate, kl, ratio, clipped) [B, L] of the GRPO objective;
+  ``iw`` [B, L]: the decoupled objective's behaviour weights (None: 1)."""
   ratio = jnp.exp(logp - old_logp)
   adv = adv_b[:, None]
   unclipped = ratio * adv
   clipped_ratio = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
   surrogate = jnp.minimum(unclipped, clipped_ratio * adv)
+  if iw is not None:
+    surrogate = iw * surrogate
   r = ref_logp - logp
   kl = jnp.exp(r) - r - 1.0
   clipped = (clipped_ratio * adv < unclipped).astype(jnp.float32)
   return surrogate, kl, ratio, clipped
 
 
-def per_token_loss(logp, old_logp, ref_logp, adv_b, clip_eps: float, kl_beta: float):
+def per_token_loss(
+  logp, old_logp, ref_logp, adv_b, clip_eps: float, kl_beta: float, iw=None
+):
   """l_i = -surr_i + beta kl_i, [B, L]."""
-  surrogate, kl, _, _ = token_terms(logp, old_logp, ref_logp, adv_b, clip_eps)
+  surrogate, kl, _, _ = token_terms(logp, old_logp, ref_logp, adv_b, clip_eps, iw)
   return -surrogate + kl_beta * kl
+
+
+def behaviour_weights(old_logp, behaviour_logp, cap: float = 0.0):
+  """w = pi_old / pi_behaviour per token, stop-gradient, at most ``cap`` (> 0)."""
+  w = jnp.exp(jax.lax.stop_gradient(old_logp - behaviour_logp))
+  return jnp.minimum(w, cap) if cap > 0 else w
 
 
 @flax.struct.dataclass
@@ -97,6 +123,11 @@ class GrpoHParams:
   # pass. Fixed in rows, so a suffix step (K times the rows of a prefix
   # step) runs K times as many micro-batches at the same peak memory.
   micro_rows: int = 0
+  # Off-policy batches (`rl.pipeline`): the decoupled objective (module
+  # docstring); the batch then carries ``behaviour_logp``. iw_cap > 0
+  # truncates its weights.
+  decoupled: bool = False
+  iw_cap: float = 0.0
 
   @classmethod
   def from_config(cls, rl: ml_collections.ConfigDict) -> GrpoHParams:
@@ -110,7 +141,32 @@ class GrpoHParams:
         f'config.rl.prompts_per_update x config.rl.group_size = {rows} rows'
       )
     micro = rows // m if m > 1 else 0
-    return cls(clip_eps=float(rl.clip_eps), kl_beta=float(rl.kl_beta), micro_rows=micro)
+    objective = off_policy_objective(rl)
+    return cls(
+      clip_eps=float(rl.clip_eps),
+      kl_beta=float(rl.kl_beta),
+      micro_rows=micro,
+      decoupled=rl.pipeline == 'overlap' and objective == 'decoupled',
+      iw_cap=float(rl.off_policy.iw_cap),
+    )
+
+
+OFF_POLICY_OBJECTIVES = ('decoupled', 'behaviour')
+
+
+def off_policy_objective(rl: ml_collections.ConfigDict) -> str:
+  """``config.rl.off_policy.objective``, checked."""
+  name = rl.off_policy.objective
+  if name not in OFF_POLICY_OBJECTIVES:
+    raise ValueError(
+      f'config.rl.off_policy.objective must be one of {list(OFF_POLICY_OBJECTIVES)}, '
+      f'got {name!r}'
+    )
+  if float(rl.off_policy.iw_cap) < 0:
+    raise ValueError(
+      f'config.rl.off_policy.iw_cap must be >= 0 (0: no cap), got {rl.off_policy.iw_cap}'
+    )
+  return name
 
 
 def make_optimizer(rl: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -187,9 +243,20 @@ def make_train_step(
     )
     return model.dist.logprobs_and_entropy(logits, batch['tokens'])
 
+  def iw_of(old_logp, batch):
+    if not hp.decoupled:
+      return None
+    return behaviour_weights(old_logp, batch['behaviour_logp'], hp.iw_cap)
+
   def reduce(logp, old_logp, batch):
     ell = per_token_loss(
-      logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps, hp.kl_beta
+      logp,
+      old_logp,
+      batch['ref_logp'],
+      batch['advantages'],
+      hp.clip_eps,
+      hp.kl_beta,
+      iw_of(old_logp, batch),
     )
     return panw.weighted_sum(ell, batch['weights'], batch['mask'])
 
@@ -276,8 +343,9 @@ def make_train_step(
     # Diagnostics (no gradient): per-scale KL, entropy, ratio, clipping,
     # the share of |dloss/dlogp| per scale, mask coverage.
     logp = jax.lax.stop_gradient(logp)
+    iw = iw_of(old_logp, batch)
     surrogate, kl, ratio, clipped = token_terms(
-      logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps
+      logp, old_logp, batch['ref_logp'], batch['advantages'], hp.clip_eps, iw
     )
     dlogp = jax.grad(reduce)(logp, old_logp, batch)
     # A prefix-phase batch holds the first L_p positions only (`rl.loop`):
@@ -302,13 +370,20 @@ def make_train_step(
       'scale/mask_coverage': _per_scale(batch['mask'], ones, per_scale),
       'scale/panw_weight': k_s,
     }
+    if iw is not None:
+      metrics['off_policy/iw'] = (iw * w).sum() / jnp.maximum(w.sum(), 1e-12)
+      metrics['off_policy/iw_max'] = jnp.max(jnp.where(w > 0, iw, 0.0))
+      # Mean log(pi_old / pi_behaviour) of the sampled tokens.
+      metrics['off_policy/log_iw'] = (
+        (old_logp - batch['behaviour_logp']) * w
+      ).sum() / jnp.maximum(w.sum(), 1e-12)
     return new_state, metrics, logp
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=(0,))
   state_sh = state_shardings(model, optimizer, mesh, lora)
   rows = parallel.batch_sharding(mesh, 1)
-  in_sh = (state_sh, batch_shardings(mesh, model))
+  in_sh = (state_sh, batch_shardings(mesh, model, hp.decoupled))
   if lora is not None:
     in_sh += (parallel.param_shardings(model, mesh)['transformer'],)
   return parallel.mesh_jit(
@@ -320,9 +395,10 @@ def make_train_step(
   )
 
 
-def batch_shardings(mesh: Mesh, model: NextScaleModel) -> dict:
+def batch_shardings(mesh: Mesh, model: NextScaleModel, decoupled: bool = False) -> dict:
   """Shardings of a train-step batch: rows over ('data', 'fsdp'), the per-token
-  weights [L] and the scalar on_policy replicated."""
+  weights [L] and the scalar on_policy replicated; ``decoupled``: with
+  ``behaviour_logp`` (`GrpoHParams.decoupled`)."""
   ndim = {
     'inputs': 3,
     'tokens': 2 + len(model.dist.token_shape),
@@ -331,6 +407,8 @@ def batch_shardings(mesh: Mesh, model: NextScaleModel) -> dict:
     'advantages': 1,
     'mask': 2,
   }
+  if decoupled:
+    ndim['behaviour_logp'] = 2
   out = {k: parallel.batch_sharding(mesh, n) for k, n in ndim.items()}
   return dict(
     out,

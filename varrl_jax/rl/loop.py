@@ -113,10 +113,11 @@ class Trainer:
         in_shardings=(shardings['transformer'], self.lora.shardings(self.mesh)),
         out_shardings=shardings['transformer'],
       )
+    self.hp = grpo.GrpoHParams.from_config(config.rl)
     self.step_fn = grpo.make_train_step(
       model,
       self.opts,
-      grpo.GrpoHParams.from_config(config.rl),
+      self.hp,
       self.optimizer,
       self.method.alpha,
       mesh=self.mesh,
@@ -245,8 +246,10 @@ class Trainer:
     """Advantages, masks and weights of one update; returns (batch, stats).
 
     ``on_policy``: ``ro`` was sampled with the current params (the step then
-    takes its own log-probs as log pi_old); otherwise log pi_old is the
-    sampler's recorded log-prob of the behaviour params (`rl.pipeline`).
+    takes its own log-probs as log pi_old). Otherwise (`rl.pipeline`) the
+    batch's ``behaviour_logp`` is the sampler's record for the decoupled
+    objective (`grpo`), or with ``rl.off_policy.objective='behaviour'``
+    log pi_old is that record.
     ``m``: the split ``ro`` was sampled at (default `current_m`)."""
     rl = self.config.rl
     p, g, k = ro.shape
@@ -311,13 +314,16 @@ class Trainer:
       'cond': cond,
       'inputs': inputs,
       'tokens': tokens,
+      # Unused by a first step that takes its own log-probs (`proximal`).
       'old_logp': put_rows(ro.logprobs[rows][:, :n]),
       'ref_logp': self.logprob_fn(self.ref_params, cond, inputs, tokens),
       'advantages': put_rows(adv, np.float32),
       'mask': put_rows(mask[:, :n], np.float32),
       'weights': self._replicated(np.asarray(weights)[:n]),
-      'on_policy': self._replicated(np.float32(on_policy)),
+      'on_policy': self._replicated(np.float32(self.proximal(on_policy))),
     }
+    if not on_policy and self.hp.decoupled:
+      batch['behaviour_logp'] = batch['old_logp']
     stats.update(
       {
         'adv/mean': float(adv.mean()),
@@ -329,16 +335,21 @@ class Trainer:
     )
     return batch, stats
 
+  def proximal(self, on_policy: bool) -> bool:
+    """Does the first step take its own log-probs as log pi_old: on policy,
+    and off policy with the decoupled objective."""
+    return bool(on_policy or self.hp.decoupled)
+
   def update(self, batch, on_policy=True, while_stepping=None) -> dict:
     """``config.rl.inner_updates`` GRPO steps on one batch; metrics of the last.
 
-    On policy, the first step's log-probs are log pi_old of the later ones;
-    off policy every step keeps the batch's (the behaviour policy's).
+    With a `proximal` first step, its log-probs are log pi_old of the later
+    ones; otherwise every step keeps the batch's (the behaviour policy's).
     ``while_stepping()`` runs on the host once the steps are dispatched."""
     metrics = {}
     for inner in range(self.config.rl.inner_updates):
       self.state, metrics, logp = self.step_fn(self.state, batch, *self._base)
-      if inner == 0 and on_policy:
+      if inner == 0 and self.proximal(on_policy):
         batch = dict(batch, old_logp=logp, on_policy=self._replicated(np.float32(0.0)))
     if while_stepping is not None:
       while_stepping()

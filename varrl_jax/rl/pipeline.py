@@ -30,14 +30,23 @@ Correctness. Rollout u was sampled with the behaviour parameters
 theta_{u-1}, one update behind the parameters theta_u that the step
 updates (only a fresh run's first rollout is sampled with theta_0 itself;
 a resumed run's first rollout is resampled from the saved theta_{u-1}, as
-the uninterrupted run drew it). The step's importance ratio uses
-the log-probs the sampler recorded at sampling time as log pi_old (the
-batch's ``on_policy`` is 0 from the first inner update on), so
-rho = pi_theta / pi_behaviour is the exact importance weight of the
-off-policy sample, and the clipped surrogate bounds its deviation as PPO's
-does for its own behaviour policy; the KL term is unchanged (it compares
-theta with the frozen reference on the sampled tokens). In ``sync`` the
-first inner update takes the step's own log-probs (rho = 1 exactly).
+the uninterrupted run drew it). The sampler records each token's log-prob
+at sampling time, log pi_behaviour, and the step corrects for it exactly
+(`rl.grpo`, ``config.rl.off_policy.objective``):
+
+- ``decoupled`` (default): the clipped ratio is taken to the params before
+  the update, theta_u (the first inner update takes its own log-probs, as
+  in ``sync``), and each token's surrogate is weighted by
+  pi_theta_u / pi_behaviour. The trust region is the same as sync's; only
+  the sampling distribution is corrected.
+- ``behaviour``: log pi_old is the sampler's record itself (``on_policy``
+  0), so rho = pi_theta / pi_behaviour and the clip bounds the deviation
+  from the behaviour policy, as PPO does for its own sampler. Measured on
+  the tiny config this learned more slowly than sync: tokens whose ratio
+  the previous update already moved past 1 + epsilon give no gradient.
+
+The KL term is unchanged (it compares theta with the frozen reference on
+the sampled tokens).
 
 Exact resume: a train state of an overlap run holds theta_{u+1} and the
 behaviour parameters theta_u with which rollout u+1 is sampled (with LoRA,
