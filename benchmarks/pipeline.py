@@ -33,20 +33,21 @@ other CPUs; the last lines are then s/update over max(sample + step, OCR)
 of the sync parts: ``sync_vs_pinned_bound``, ``overlap_vs_pinned_bound``.
 
 ``--part=accuracy``: for each seed of ``--seeds`` trains ``--config`` with
-``--config.seed=S --config.rl.data_seed=S`` in both pipelines (the same
-command line otherwise: ``python -m varrl_jax.train``, one process per run,
-``--updates`` updates), each run's held-out evaluation on the same
-``--eval_prompts`` prompts with the same sampling keys (``eval.seed``
-fixed), and reports held-out Word Accuracy per run and the paired difference
-overlap - sync with a 95% bootstrap interval over seeds and prompts
-(resampling seeds, then prompts within each). Finished runs (with
-``eval_after/records.jsonl``) are not rerun: the sweep resumes after an
-interruption.
+``--config.seed=S --config.rl.data_seed=S`` in every arm of ``--arms``
+(`ARMS`: sync; overlap with the decoupled objective, the default; overlap
+with the 'behaviour' objective), the same command line otherwise
+(``python -m varrl_jax.train``, one process per run, ``--updates``
+updates), each run's held-out evaluation on the same ``--eval_prompts``
+prompts with the same sampling keys (``eval.seed`` fixed), and reports
+held-out Word Accuracy per run and each arm - sync in Word Accuracy and
+NED, paired per image, with a 95% bootstrap interval over seeds and one
+shared prompt resample (`varrl_jax.experiments.paired`). Finished runs
+(with ``eval_after/records.jsonl``) are not rerun: the sweep resumes after
+an interruption.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -78,6 +79,9 @@ _PIN = flags.DEFINE_bool(
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/pipeline_accuracy', 'Runs (accuracy).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (accuracy).')
 _UPDATES = flags.DEFINE_integer('updates', 24, 'RL updates per run (accuracy).')
+_ARMS = flags.DEFINE_list(
+  'arms', ['sync', 'overlap', 'overlap_behaviour'], 'Runs per seed (accuracy; ARMS).'
+)
 _EVAL_PROMPTS = flags.DEFINE_integer('eval_prompts', 128, 'Held-out prompts.')
 _BOOT = flags.DEFINE_integer('bootstrap', 10000, 'Bootstrap resamples.')
 
@@ -201,6 +205,17 @@ def speed(config) -> None:
   print(f'overlap_vs_max_part {med["overlap"] / biggest:.2f}x')
 
 
+# Accuracy arms: name -> overrides of the train command.
+ARMS = {
+  'sync': ['--config.rl.pipeline=sync'],
+  'overlap': ['--config.rl.pipeline=overlap'],  # rl.off_policy.objective='decoupled'
+  'overlap_behaviour': [
+    '--config.rl.pipeline=overlap',
+    '--config.rl.off_policy.objective=behaviour',
+  ],
+}
+
+
 def _run_dir(seed: str, name: str) -> str:
   return os.path.join(_WORKDIR.value, f'seed{seed}_{name}')
 
@@ -218,9 +233,11 @@ def _train(config_arg: str, seed: str, name: str, extra: list[str]) -> None:
     f'--workdir={run_dir}',
     f'--config.seed={seed}',
     f'--config.rl.data_seed={seed}',
-    f'--config.rl.pipeline={name}',
+    *ARMS[name],
     f'--config.rl.num_updates={_UPDATES.value}',
     f'--config.eval.num_prompts={_EVAL_PROMPTS.value}',
+    # Every run starts from the same weights: its "before" is the same.
+    '--config.eval.before=False',
     *extra,
   ]
   print(' '.join(cmd), flush=True)
@@ -229,59 +246,50 @@ def _train(config_arg: str, seed: str, name: str, extra: list[str]) -> None:
   print(f'{run_dir}: {time.time() - t0:.0f} s', flush=True)
 
 
-def _correct(seed: str, name: str) -> dict[str, tuple[int, int]]:
-  path = os.path.join(_run_dir(seed, name), 'eval_after', 'records.jsonl')
-  with open(path) as f:
-    rows = [json.loads(line) for line in f]
-  return {r['key']: (r['n_correct'], r['n_words']) for r in rows}
+def accuracy(config, config_arg: str, extra: list[str]) -> None:
+  """Trains every arm of ``--arms`` per seed, then compares each with sync:
+  held-out Word Accuracy and NED, paired per image (`experiments.paired`:
+  seeds and one shared prompt resample)."""
+  from varrl_jax.experiments import paired
 
-
-def paired_interval(pairs: list[np.ndarray], resamples: int, seed: int = 0):
-  """Word Accuracy difference and its 95% bootstrap interval.
-
-  ``pairs``: per seed, int [N, 4] of (correct_a, words_a, correct_b,
-  words_b) per prompt (the same prompts in both runs). The statistic is the
-  difference of pooled Word Accuracies (b - a) over all seeds' prompts; a
-  resample draws seeds with replacement, then prompts within each."""
-  rng = np.random.default_rng(seed)
-
-  def stat(blocks):
-    tot = np.sum([b.sum(0) for b in blocks], axis=0)
-    return tot[2] / tot[3] - tot[0] / tot[1]
-
-  draws = []
-  for _ in range(resamples):
-    seeds = rng.integers(len(pairs), size=len(pairs))
-    draws.append(
-      stat([pairs[s][rng.integers(len(pairs[s]), size=len(pairs[s]))] for s in seeds])
+  arms = _ARMS.value
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown or 'sync' not in arms:
+    raise app.UsageError(
+      f'--arms: {unknown or arms} (known: {list(ARMS)}; sync is the baseline)'
     )
-  lo, hi = np.percentile(draws, [2.5, 97.5])
-  return stat(pairs), lo, hi
-
-
-def accuracy(config_arg: str, extra: list[str]) -> None:
   os.makedirs(_WORKDIR.value, exist_ok=True)
   for seed in _SEEDS.value:
-    for name in pipeline.PIPELINES:
+    for name in arms:
       _train(config_arg, seed, name, extra)
-  pairs = []
-  print(f'{"seed":>5s} {"sync WA":>8s} {"overlap WA":>10s}')
-  for seed in _SEEDS.value:
-    a, b = _correct(seed, 'sync'), _correct(seed, 'overlap')
-    keys = sorted(a)
-    if sorted(b) != keys:
-      raise ValueError(f'seed {seed}: the two runs were evaluated on other prompts')
-    block = np.array([[*a[k], *b[k]] for k in keys])
-    pairs.append(block)
-    s = block.sum(0)
-    print(f'{seed:>5s} {s[0] / s[1]:8.4f} {s[2] / s[3]:10.4f}')
-  diff, lo, hi = paired_interval(pairs, _BOOT.value)
-  n = sum(len(p) for p in pairs)
-  print(
-    f'overlap - sync held-out Word Accuracy: {diff:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] '
-    f'({len(pairs)} seeds x {n // len(pairs)} prompts, {_UPDATES.value} updates)'
-  )
-  print(f'overlap_minus_sync_word_accuracy {diff:+.4f}')
+  evals = {
+    name: {
+      int(s): paired.read_eval(_run_dir(s, name), 'eval_after', config)
+      for s in _SEEDS.value
+    }
+    for name in arms
+  }
+  print(f'{"seed":>5s} ' + ' '.join(f'{n + " WA":>22s}' for n in arms))
+  for s in _SEEDS.value:
+    print(
+      f'{s:>5s} ' + ' '.join(f'{evals[n][int(s)].pooled("wa"):22.4f}' for n in arms)
+    )
+  for name in arms:
+    if name == 'sync':
+      continue
+    for metric in paired.METRICS:
+      iv = paired.compare(
+        evals['sync'], evals[name], metric, _BOOT.value, ('sync', name)
+      )
+      print(
+        f'{name} - sync held-out {metric.upper()}: {iv.fmt()} ({iv.seeds} seeds x '
+        f'{iv.prompts} prompts, {_UPDATES.value} updates; seeds agree: '
+        f'{len({np.sign(d) for d in iv.per_seed}) == 1})'
+      )
+  for name in arms:
+    if name != 'sync':
+      iv = paired.compare(evals['sync'], evals[name], 'wa', _BOOT.value, ('sync', name))
+      print(f'{name}_minus_sync_word_accuracy {iv.diff:+.4f}')
 
 
 def main(argv):
@@ -296,7 +304,7 @@ def main(argv):
   )
   extra = [a for a in sys.argv[1:] if a.startswith('--config.')]
   del argv
-  accuracy(config_arg, extra)
+  accuracy(_CONFIG.value, config_arg, extra)
 
 
 if __name__ == '__main__':
