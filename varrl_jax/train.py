@@ -59,7 +59,7 @@ from varrl_jax.eval import heldout
 from varrl_jax.models.family import build_model
 from varrl_jax.models.text import PromptError
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import batch_check, grpo, loop, mask_viz, pipeline
+from varrl_jax.rl import batch_check, grpo, loop, mask_viz, phase_rows, pipeline
 from varrl_jax.weights import load_weights
 from varrl_jax.writers import MetricWriter
 
@@ -253,7 +253,7 @@ def _run_updates(config, model, pipe, states, writer, workdir, start, stop) -> d
       boxes = scored.boxes or [[] for _ in ro.prompts]
       j = int(np.argmax([len(boxes[r]) for r in ro.local_rows]))
       row = None if scored.boxes is None else [boxes[ro.local_rows[j]]]
-      mask = trainer.mask_rows(row, 1)[0]
+      mask = phase_rows.mask_rows(config, trainer.method, model.schedule, row, 1)[0]
       fs.save_image(
         fs.join(workdir, 'masks.png'),
         mask_viz.mask_panels(ro.images[j], mask, model.schedule),

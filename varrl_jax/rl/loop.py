@@ -49,7 +49,7 @@ from varrl_jax import checkpoint, fs, parallel
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rewards import api as reward_api
-from varrl_jax.rl import adaptive_m, grpo, masks, panw, rollout, vmr
+from varrl_jax.rl import adaptive_m, grpo, panw, phase_rows, rollout, vmr
 from varrl_jax.rl import lora as lora_lib
 from varrl_jax.rl.method import (  # noqa: F401 (the loop's names)
   MODES,
@@ -205,36 +205,6 @@ class Trainer:
       rl.rollout_chunks,
     )
 
-  def mask_rows(self, boxes, n_rows: int) -> np.ndarray:
-    """[n_rows, L] MP masks from per-row boxes (all ones when MP is off or
-    ``boxes`` is None: the reward gives no regions)."""
-    mp = self.config.rl.mp
-    if not self.method.use_mp or boxes is None:
-      return np.ones((n_rows, self.model.schedule.num_tokens), np.float32)
-    return masks.batch_masks(
-      boxes,
-      self.model.schedule,
-      dilation=mp.dilation,
-      mode=mp.propagation,
-      floor=mp.floor,
-      empty=mp.empty,
-    )
-
-  def mp_stats(self, boxes_rk, keys=None) -> dict[str, float]:
-    """``mp/scale{s}/*`` metrics (`masks.branch_mask_stats`, `masks.stats_metrics`)
-    of rows of K branch box lists; {} when MP is off or ``boxes_rk`` is None."""
-    mp = self.config.rl.mp
-    if not self.method.use_mp or boxes_rk is None:
-      return {}
-    stats = masks.branch_mask_stats(
-      boxes_rk,
-      self.model.schedule,
-      dilation=mp.dilation,
-      mode=mp.propagation,
-      empty=mp.empty,
-    )
-    return masks.stats_metrics(stats, keys)
-
   def build_batch(
     self,
     ro: rollout.Rollout,
@@ -251,46 +221,9 @@ class Trainer:
     objective (`grpo`), or with ``rl.off_policy.objective='behaviour'``
     log pi_old is that record.
     ``m``: the split ``ro`` was sampled at (default `current_m`)."""
-    rl = self.config.rl
-    p, g, k = ro.shape
-    rewards = scored.rewards  # [P, G, K]
-    stats = {}
-    if phase == 'prefix':
-      values = np.asarray(vmr.value_middle_return(rewards, rl.vmr.eta))  # [P, G]
-      adv = np.asarray(grpo.group_advantages(values, rl.adv_eps)).reshape(-1)
-      rows = np.arange(0, p * g * k, k)  # branch 0 of every prefix
-      # The prefix's mask comes from the union of its K branches' boxes (a
-      # branch without text must not turn the union into a full mask).
-      union = None
-      if scored.boxes is not None:
-        union = [
-          sum((list(b) for b in scored.boxes[r * k : (r + 1) * k]), [])
-          for r in range(p * g)
-        ]
-      mask = self.mask_rows(union, p * g)
-      # How much the K branches agree on where the text is (paper: K = 4 vs MP).
-      if union is not None:
-        stats.update(self.mp_stats([scored.boxes[r : r + k] for r in rows]))
-      stats['vmr/value_mean'] = float(values.mean())
-      stats['vmr/value_minus_mean_reward'] = float((values - rewards.mean(-1)).mean())
-    elif phase == 'suffix':
-      if rl.vmr.suffix_group == 'prompt':
-        adv = grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
-      elif rl.vmr.suffix_group == 'prefix':
-        adv = grpo.group_advantages(rewards, rl.adv_eps)
-      else:
-        raise ValueError(
-          f"config.rl.vmr.suffix_group must be 'prompt' or 'prefix', got {rl.vmr.suffix_group!r}"
-        )
-      adv = np.asarray(adv).reshape(-1)
-      rows, mask = np.arange(p * g * k), self.mask_rows(scored.boxes, p * g * k)
-    else:
-      adv = np.asarray(
-        grpo.group_advantages(rewards.reshape(p, g * k), rl.adv_eps)
-      ).reshape(-1)
-      rows, mask = np.arange(p * g * k), self.mask_rows(scored.boxes, p * g * k)
-    if phase != 'prefix' and scored.boxes is not None:
-      stats.update(self.mp_stats([[b] for b in scored.boxes], keys=('coverage',)))
+    rows, adv, mask, stats = phase_rows.phase_rows(
+      self.config, self.method, self.model.schedule, ro.shape, scored, phase
+    )
     stage, stage_length = self.stages(self.current_m if m is None else m)
     stage_scales, selector = stage[phase]
     mask = mask * selector[None]

@@ -63,6 +63,8 @@ class VarConfig:
   remat: str = 'none'
   attention: str = 'plain'
   scan_unroll: int = 1
+  # Dense layers on [B T, d] rows (`models.transformer.resolve_dense_layout`).
+  flat_rows: bool = False
 
   @property
   def head_dim(self) -> int:
@@ -161,9 +163,14 @@ class VarBlock(nn.Module):
     start = 0 if cache_offset is None else cache_offset
     q_seg = cfg.schedule.scale_index[start : start + x.shape[1]]
     k_seg = cfg.schedule.scale_index[: start + x.shape[1]]
+    # [B, T, ...] <-> the dense layers' layout (`flat_rows`).
+    lead = x.shape[:2]
+    rows = (lambda a: a.reshape(-1, *a.shape[2:])) if cfg.flat_rows else (lambda a: a)
+    back = lambda a: a.reshape(*lead, *a.shape[1:]) if cfg.flat_rows else a  # noqa: E731
     h = layer_norm(x, cfg.norm_eps) * (1 + s1) + b1
     heads = (cfg.num_heads, cfg.head_dim)
-    qkv = _dense((3, *heads), ('embed',), ('qkv', 'heads', 'kv'), cfg, 'qkv', False)(h)
+    qkv = _dense((3, *heads), ('embed',), ('qkv', 'heads', 'kv'), cfg, 'qkv', False)
+    qkv = back(qkv(rows(h)))
     q_bias = self.param('q_bias', _init(nn.initializers.zeros, 'heads', 'kv'), heads)
     v_bias = self.param('v_bias', _init(nn.initializers.zeros, 'heads', 'kv'), heads)
     scale_mul = self.param(
@@ -194,17 +201,17 @@ class VarBlock(nn.Module):
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         k_valid = np.ones((x.shape[0], end), bool)
         o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid, scale=1.0)
-    o = _dense(cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', True, (-2, -1))(
-      o
+    proj = _dense(
+      cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', True, (-2, -1)
     )
-    x = _constrain(x + g1 * o, 'batch', 'length', 'embed')
+    x = _constrain(x + g1 * back(proj(rows(o))), 'batch', 'length', 'embed')
 
-    h = layer_norm(x, cfg.norm_eps) * (1 + s2) + b2
+    h = rows(layer_norm(x, cfg.norm_eps) * (1 + s2) + b2)
     h = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'fc1', True)(h)
     h = _dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2', True)(
       nn.gelu(h, approximate=True)
     )
-    x = _constrain(x + g2 * h, 'batch', 'length', 'embed')
+    x = _constrain(x + g2 * back(h), 'batch', 'length', 'embed')
     return x, layer_cache
 
 
@@ -261,7 +268,12 @@ class VarTransformer(nn.Module):
     mod = self.head_nm(cond_bd)
     scale, shift = mod[:, 0][:, None], mod[:, 1][:, None]
     h = layer_norm(x.astype(jnp.float32), self.cfg.norm_eps) * (1 + scale) + shift
-    logits = _constrain(self.head(h.astype(self.cfg.dtype)), 'batch', 'length', 'vocab')
+    h = h.astype(self.cfg.dtype)
+    if self.cfg.flat_rows:
+      logits = self.head(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:-1], -1)
+    else:
+      logits = self.head(h)
+    logits = _constrain(logits, 'batch', 'length', 'vocab')
     return logits.astype(jnp.float32)
 
   # -- entry points -----------------------------------------------------------
