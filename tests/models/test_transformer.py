@@ -175,3 +175,39 @@ def test_remat_gives_the_same_gradients(toy):
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2
   )
+
+
+def test_dense_rows_layout_equals_batched(toy):
+  """config.model.dense_layout: 'rows' ([B T, d] dense layers, the CPU
+  default) and 'batched' ([B, T, d]) are the same model: logits and
+  gradients ('auto' is 'rows' on the CPU; the cached sampler's path is
+  checked against the teacher-forced one in tests/test_sampling.py)."""
+  from varrl_jax.models import transformer as tr
+
+  config, _, params = toy
+  models = {}
+  for layout in ('rows', 'batched'):
+    c = toy_config()
+    c.model.dense_layout = layout
+    models[layout] = build_model(c)
+  assert models['rows'].cfg.flat_rows and not models['batched'].cfg.flat_rows
+  assert tr.resolve_dense_layout('auto') == (jax.default_backend() == 'cpu')
+  with pytest.raises(ValueError, match='dense_layout'):
+    tr.resolve_dense_layout('flat')
+  tokens = _random_tokens(models['rows'], 3)
+  out = {k: _logits(m, params, tokens) for k, m in models.items()}
+  assert float(jnp.abs(out['rows']).max()) > 0.1
+  np.testing.assert_allclose(out['rows'], out['batched'], atol=2e-5, rtol=1e-5)
+  ids, mask = text.encode(PROMPTS, config.model.text_len)
+
+  def grads(model):
+    def loss(p):
+      inputs = model.teacher_inputs(params, tokens)
+      logits = model.transformer.apply(p, ids, mask, inputs)
+      return jnp.sum(jax.nn.log_softmax(logits)[..., 0])
+
+    return jax.grad(loss)(params['transformer'])
+
+  g_rows, g_batched = grads(models['rows']), grads(models['batched'])
+  for a, b in zip(jax.tree.leaves(g_rows), jax.tree.leaves(g_batched)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)

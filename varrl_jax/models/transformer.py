@@ -108,7 +108,7 @@ def resolve_dense_layout(choice: str) -> bool:
   weight gradient contracting (B, T) of a 3-D input is canonicalised with a
   transposing copy of the [B, T, out] gradient, fused into the elementwise
   op that produces it; as one 2-D dot it needs none (tiny's GRPO step: 372
-  -> 290 ms, 2 cores; benchmarks/grpo_step.py). 'batched': [B, T, d] as is.
+  -> 290 ms on 2 cores; docs/design.md). 'batched': [B, T, d] as is.
   On TPU the reshape is a relayout copy whenever T is not a multiple of the
   8-row tile, so 'auto' is 'rows' on the CPU backend only (`varrl_jax.aot`,
   which compiles for TPU from a CPU host, resolves it to 'batched').
