@@ -16,8 +16,9 @@ of scales <= m only (their logits never depend on later tokens, so the loop
 truncates the batch there), a suffix update P G K full-length rows. Each
 phase is measured on its own batch; ``--phase=cycle`` (default) reports
 both and the cycle's MFU (total model FLOPs of one cycle over its time),
-``prefix``/``suffix``/``full`` one phase. ``--batch_size`` replaces the
-rows of every phase. Tokens are random (the cost does not depend on their
+``prefix``/``suffix``/``full`` one phase. ``--batch_size`` replaces P G,
+the rows of a prefix update (a suffix or full update trains K times as
+many). Tokens are random (the cost does not depend on their
 values); the next-scale inputs are made once beforehand, as
 `Trainer.build_batch` does with the frozen tokenizer. Each repeat times the
 phase's update (reference forward + steps, each blocked on so the pieces
@@ -66,7 +67,10 @@ from varrl_jax.rl.loop import Method
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 _BATCH = flags.DEFINE_integer(
-  'batch_size', None, "Rows per step of every phase (default: the loop's rows)."
+  'batch_size',
+  None,
+  'Prefix rows per step; suffix and full steps take K times as many, as the loop '
+  "does (default: the loop's rows, prompts_per_update x group_size).",
 )
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed updates after compiling.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed (update, matmul) pairs.')
@@ -161,9 +165,9 @@ def phases_of(config, model, method) -> list[Phase]:
     out = [p for p in out if p.name == want]
     if not out:
       raise app.UsageError(f'--phase={want}: this config runs {names} updates')
-  if _BATCH.value:
+  if _BATCH.value:  # the loop's proportions: K suffix rows per prefix row
     for p in out:
-      p.rows = _BATCH.value
+      p.rows = _BATCH.value * (1 if p.name == 'prefix' else rl.vmr.num_branches)
   return out
 
 
