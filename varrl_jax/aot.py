@@ -256,7 +256,7 @@ def compile_programs(config, mesh, programs=PROGRAMS) -> Iterator[Program]:
 
   if config.model.get('dense_layout') == 'auto':
     # 'auto' follows the default backend, this CPU host; the programs are
-    # for TPU (models/transformer.py resolve_dense_layout).
+    # for TPU (models/rows.py resolve_dense_layout).
     config = config.copy_and_resolve_references()
     config.model.dense_layout = 'batched'
   model = build_model(config)

@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = 'plain'
   # 'rows': dense layers see [B T, d] (no transposing copies in XLA:CPU's
   # weight gradients); 'batched': [B, T, d]; 'auto': 'rows' on the CPU
-  # backend (models/transformer.py resolve_dense_layout).
+  # backend (models/rows.py resolve_dense_layout).
   c.model.dense_layout = 'auto'
   # Layers per iteration of the scan over layers (num_layers = fully
   # unrolled): small models on CPU lose ~5 ms per loop iteration.

@@ -5,6 +5,7 @@ sampler's guided logits (CFG on logits, tau) and against our teacher-forced
 pass; the bitwise distribution (log-prob, entropy, their top-k / top-p per
 bit); the strict state_dict mapping."""
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -78,8 +79,11 @@ def _inputs():
   return jnp.asarray(np.concatenate([np.zeros_like(x[:, :1]), x], axis=1))
 
 
-def test_teacher_forced_bit_logits_match_official():
+@pytest.mark.parametrize('flat_rows', [False, True])
+def test_teacher_forced_bit_logits_match_official(flat_rows):
+  """Both dense layouts (`models/rows.py`): [B, T, C] and [B T, C] rows."""
   cfg, _, _, params = setup()
+  cfg = dataclasses.replace(cfg, flat_rows=flat_rows)
   model = InfinityTransformer(cfg)
   text, mask = _text()
   logits = jax.jit(model.apply)(params, text, mask, _inputs())
@@ -95,10 +99,12 @@ def test_teacher_forced_bit_logits_match_official():
   np.testing.assert_allclose(head, logits[:, :14], atol=TOL)
 
 
-def test_cached_steps_match_official_sampler_and_teacher_forcing():
+@pytest.mark.parametrize('flat_rows', [False, True])
+def test_cached_steps_match_official_sampler_and_teacher_forcing(flat_rows):
   """Their autoregressive_infer_cfg: per scale, the guided logits
   (cfg l_c + (1 - cfg) l_u) / tau fed to their top-k/top-p sampler."""
   cfg, conf, _, params = setup()
+  cfg = dataclasses.replace(cfg, flat_rows=flat_rows)
   model = InfinityTransformer(cfg)
   ref = reference()
   text, mask = _text()

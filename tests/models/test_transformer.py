@@ -182,7 +182,7 @@ def test_dense_rows_layout_equals_batched(toy):
   default) and 'batched' ([B, T, d]) are the same model: logits and
   gradients ('auto' is 'rows' on the CPU; the cached sampler's path is
   checked against the teacher-forced one in tests/test_sampling.py)."""
-  from varrl_jax.models import transformer as tr
+  from varrl_jax.models import rows as rows_lib
 
   config, _, params = toy
   models = {}
@@ -191,9 +191,9 @@ def test_dense_rows_layout_equals_batched(toy):
     c.model.dense_layout = layout
     models[layout] = build_model(c)
   assert models['rows'].cfg.flat_rows and not models['batched'].cfg.flat_rows
-  assert tr.resolve_dense_layout('auto') == (jax.default_backend() == 'cpu')
+  assert rows_lib.resolve_dense_layout('auto') == (jax.default_backend() == 'cpu')
   with pytest.raises(ValueError, match='dense_layout'):
-    tr.resolve_dense_layout('flat')
+    rows_lib.resolve_dense_layout('flat')
   tokens = _random_tokens(models['rows'], 3)
   out = {k: _logits(m, params, tokens) for k, m in models.items()}
   assert float(jnp.abs(out['rows']).max()) > 0.1

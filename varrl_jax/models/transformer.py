@@ -33,6 +33,7 @@ import numpy as np
 
 from varrl_jax import parallel
 from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models import text as text_lib
 from varrl_jax.models.family import check_modes
 from varrl_jax.models.schedule import ScaleSchedule
@@ -62,7 +63,7 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   scan_unroll: int = 1
   quote_slots: int = 0
-  # Dense layers on [B T, d] rows instead of [B, T, d] (`DENSE_LAYOUTS`).
+  # Dense layers on [B T, d] rows instead of [B, T, d] (`models/rows.py`).
   flat_rows: bool = False
 
   @property
@@ -98,30 +99,6 @@ class RMSNorm(nn.Module):
     return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-DENSE_LAYOUTS = ('auto', 'rows', 'batched')
-
-
-def resolve_dense_layout(choice: str) -> bool:
-  """``config.model.dense_layout`` -> `TransformerConfig.flat_rows`.
-
-  'rows': every dense layer sees its input as [B T, d] rows. On XLA:CPU a
-  weight gradient contracting (B, T) of a 3-D input is canonicalised with a
-  transposing copy of the [B, T, out] gradient, fused into the elementwise
-  op that produces it; as one 2-D dot it needs none (tiny's GRPO step: 372
-  -> 290 ms on 2 cores; docs/design.md). 'batched': [B, T, d] as is.
-  On TPU the reshape is a relayout copy whenever T is not a multiple of the
-  8-row tile, so 'auto' is 'rows' on the CPU backend only (`varrl_jax.aot`,
-  which compiles for TPU from a CPU host, resolves it to 'batched').
-  """
-  if choice not in DENSE_LAYOUTS:
-    raise ValueError(
-      f'config.model.dense_layout={choice!r}; expected one of {DENSE_LAYOUTS}'
-    )
-  if choice == 'auto':
-    return jax.default_backend() == 'cpu'
-  return choice == 'rows'
-
-
 def _dense(features, axes_in, axes_out, cfg: TransformerConfig, name: str, axis=-1):
   return nn.DenseGeneral(
     features=features,
@@ -130,6 +107,7 @@ def _dense(features, axes_in, axes_out, cfg: TransformerConfig, name: str, axis=
     dtype=cfg.dtype,
     param_dtype=cfg.param_dtype,
     kernel_init=_init(nn.initializers.lecun_normal(), *axes_in, *axes_out),
+    dot_general=rows_lib.rows_dot_general if cfg.flat_rows else None,
     name=name,
   )
 
@@ -152,19 +130,24 @@ class Block(nn.Module):
     start = 0 if cache_offset is None else cache_offset
     q_seg = sequence_segments(cfg, start, x.shape[1])
     k_seg = sequence_segments(cfg, 0, start + x.shape[1])
-    # [B, T, ...] <-> the dense layers' layout (`resolve_dense_layout`).
-    lead = x.shape[:2]
-    rows = (lambda a: a.reshape(-1, *a.shape[2:])) if cfg.flat_rows else (lambda a: a)
-    back = lambda a: a.reshape(*lead, *a.shape[1:]) if cfg.flat_rows else a  # noqa: E731
-    h = rows(RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='attn_norm')(x))
-    q = _dense((cfg.num_heads, cfg.head_dim), ('embed',), ('heads', 'kv'), cfg, 'q')(h)
-    k = _dense(
-      (cfg.num_kv_heads, cfg.head_dim), ('embed',), ('kv_heads', 'kv'), cfg, 'k'
-    )(h)
-    v = _dense(
-      (cfg.num_kv_heads, cfg.head_dim), ('embed',), ('kv_heads', 'kv'), cfg, 'v'
-    )(h)
-    q, k, v = back(q), back(k), back(v)
+    flat = cfg.flat_rows  # dense layers on [B T, d] rows (`models/rows.py`)
+
+    def qkv(h):
+      h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='attn_norm')(h)
+      kv = ('kv_heads', 'kv')
+      return (
+        _dense((cfg.num_heads, cfg.head_dim), ('embed',), ('heads', 'kv'), cfg, 'q')(h),
+        _dense((cfg.num_kv_heads, cfg.head_dim), ('embed',), kv, cfg, 'k')(h),
+        _dense((cfg.num_kv_heads, cfg.head_dim), ('embed',), kv, cfg, 'v')(h),
+      )
+
+    def mlp(h):
+      h = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='mlp_norm')(h)
+      gate = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_gate')(h)
+      up = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_up')(h)
+      return _dense(cfg.d_model, ('mlp',), ('embed',), cfg, 'wo')(nn.silu(gate) * up)
+
+    q, k, v = rows_lib.on_rows(qkv, x, flat)
     if cache_offset is not None:
       start, end = cache_offset, cache_offset + x.shape[1]
       ck = jax.lax.dynamic_update_slice(
@@ -176,19 +159,9 @@ class Block(nn.Module):
       layer_cache = {'k': ck, 'v': cv}
       k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
     o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
-    o = _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))(
-      rows(o)
-    )
-    x = x + back(o)
-    x = _constrain(x, 'batch', 'length', 'embed')
-
-    h = rows(RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='mlp_norm')(x))
-    gate = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_gate')(h)
-    up = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'wi_up')(h)
-    x = x + back(
-      _dense(cfg.d_model, ('mlp',), ('embed',), cfg, 'wo')(nn.silu(gate) * up)
-    )
-    x = _constrain(x, 'batch', 'length', 'embed')
+    out = _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))
+    x = _constrain(x + rows_lib.on_rows(out, o, flat), 'batch', 'length', 'embed')
+    x = _constrain(x + rows_lib.on_rows(mlp, x, flat), 'batch', 'length', 'embed')
     return x, layer_cache
 
 
@@ -308,11 +281,9 @@ class NextScaleTransformer(nn.Module):
     # Without the constraint XLA may contract the fsdp-sharded embed axis
     # and keep the [B, L, V] logits whole on every chip (AOT v5p-128: 3 x
     # 19.7 GiB per chip for 64 cvtg rows).
-    h = self.final_norm(x)
-    if self.cfg.flat_rows:
-      logits = self.head(h.reshape(-1, h.shape[-1])).reshape(*x.shape[:-1], -1)
-    else:
-      logits = self.head(h)
+    logits = rows_lib.on_rows(
+      lambda h: self.head(self.final_norm(h)), x, self.cfg.flat_rows
+    )
     logits = _constrain(logits, 'batch', 'length', 'vocab')
     return logits.astype(jnp.float32)
 
@@ -399,5 +370,5 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
     attention=mc.attention,
     scan_unroll=mc.scan_unroll,
     quote_slots=mc.quote_slots,
-    flat_rows=resolve_dense_layout(mc.dense_layout),
+    flat_rows=rows_lib.resolve_dense_layout(mc.dense_layout),
   )

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from varrl_jax.models import family as family_lib
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.infinity import bitwise, schedules
 from varrl_jax.models.infinity import bsq_quantizer as bq
 from varrl_jax.models.infinity import bsq_vae as vae_lib
@@ -369,6 +370,7 @@ def build(config: ml_collections.ConfigDict) -> InfinityFamilyModel:
       remat=mc.remat,
       attention=mc.attention,
       scan_unroll=int(mc.scan_unroll),
+      flat_rows=rows_lib.resolve_dense_layout(mc.dense_layout),
     )
   except ValueError as e:
     raise ValueError(f'config.model.infinity: {e}') from None

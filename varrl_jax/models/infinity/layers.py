@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from varrl_jax import parallel
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.schedule import ScaleSchedule
 
 NUM_LEVELS = 15  # rows of their lvl_embed table
@@ -50,6 +51,8 @@ class InfinityConfig:
   remat: str = 'none'
   attention: str = 'plain'
   scan_unroll: int = 1
+  # Dense layers on [B T, C] rows (`models/rows.py`).
+  flat_rows: bool = False
 
   @property
   def head_dim(self) -> int:
@@ -130,6 +133,7 @@ def dense(features, axes_in, axes_out, cfg, name=None, bias=True, axis=-1):
     param_dtype=cfg.param_dtype,
     kernel_init=init(nn.initializers.lecun_normal(), *axes_in, *axes_out),
     bias_init=init(nn.initializers.zeros, *axes_out),
+    dot_general=rows_lib.rows_dot_general if cfg.flat_rows else None,
     name=name,
   )
 
@@ -263,6 +267,11 @@ class CrossAttention(nn.Module):
     return kv[:, :, 0], kv[:, :, 1] + self.v_bias.astype(self.cfg.dtype)
 
   def __call__(self, x_blc, k_bthd, v_bthd, mask_bt):
-    q = self.q(self.norm(x_blc.astype(jnp.float32)).astype(self.cfg.dtype))
-    o = masked_attention(q, k_bthd, v_bthd, mask_bt, self.cfg.head_dim**-0.5)
-    return self.proj(o)
+    cfg = self.cfg
+    q = rows_lib.on_rows(
+      lambda x: self.q(self.norm(x.astype(jnp.float32)).astype(cfg.dtype)),
+      x_blc,
+      cfg.flat_rows,
+    )
+    o = masked_attention(q, k_bthd, v_bthd, mask_bt, cfg.head_dim**-0.5)
+    return rows_lib.on_rows(self.proj, o, cfg.flat_rows)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.infinity import rope
 from varrl_jax.models.infinity.layers import (
   NUM_LEVELS,
@@ -72,7 +73,8 @@ class SelfAttention(nn.Module):
     cfg = self.cfg
     sched = cfg.schedule
     heads = (cfg.num_heads, cfg.head_dim)
-    qkv = dense((3, *heads), ('embed',), ('qkv', 'heads', 'kv'), cfg, 'qkv', False)(h)
+    qkv = dense((3, *heads), ('embed',), ('qkv', 'heads', 'kv'), cfg, 'qkv', False)
+    qkv = rows_lib.on_rows(qkv, h, cfg.flat_rows)
     q_bias = self.param('q_bias', init(nn.initializers.zeros, 'heads', 'kv'), heads)
     v_bias = self.param('v_bias', init(nn.initializers.zeros, 'heads', 'kv'), heads)
     scale_mul = self.param(
@@ -105,7 +107,7 @@ class SelfAttention(nn.Module):
       k, v = ck[:, :, :end].astype(cfg.dtype), cv[:, :, :end].astype(cfg.dtype)
       o = attn_lib.cached_attention(q, k, v, 1.0)
     proj = dense(cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', axis=(-2, -1))
-    return proj(o), layer_cache
+    return rows_lib.on_rows(proj, o, cfg.flat_rows), layer_cache
 
 
 class InfinityBlock(nn.Module):
@@ -147,10 +149,14 @@ class InfinityBlock(nn.Module):
       mv = layer_cache['cv'].astype(cfg.dtype)
     x = constrain(x + ca(x, mk, mv, text_mask), 'batch', 'length', 'embed')
 
+    def ffn(h):
+      h = dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'fc1')(h)
+      return dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2')(nn.gelu(h, True))
+
     h = (layer_norm(x, cfg.norm_eps) * (1 + s2) + b2).astype(cfg.dtype)
-    h = dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'fc1')(h)
-    h = dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2')(nn.gelu(h, True))
-    x = constrain(x + g2 * h, 'batch', 'length', 'embed')
+    x = constrain(
+      x + g2 * rows_lib.on_rows(ffn, h, cfg.flat_rows), 'batch', 'length', 'embed'
+    )
     return x, layer_cache
 
 
@@ -236,7 +242,7 @@ class InfinityTransformer(nn.Module):
   def _logits(self, x, cond_bc):
     mod = self.head_nm(cond_bc)
     h = layer_norm(x, self.cfg.norm_eps) * (1 + mod[:, 0][:, None]) + mod[:, 1][:, None]
-    logits = self.head(h.astype(self.cfg.dtype))
+    logits = rows_lib.on_rows(self.head, h.astype(self.cfg.dtype), self.cfg.flat_rows)
     return constrain(logits, 'batch', 'length', 'vocab', 'bit_class').astype(
       jnp.float32
     )

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from varrl_jax.models import family as family_lib
-from varrl_jax.models import transformer as dense_layout
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.schedule import ScaleSchedule
 from varrl_jax.models.text import PromptError
 from varrl_jax.models.var_official import transformer as tr_lib
@@ -215,7 +215,7 @@ def build(config: ml_collections.ConfigDict) -> VarFamilyModel:
     remat=mcommon.remat,
     attention=mcommon.attention,
     scan_unroll=int(mcommon.scan_unroll),
-    flat_rows=dense_layout.resolve_dense_layout(mcommon.dense_layout),
+    flat_rows=rows_lib.resolve_dense_layout(mcommon.dense_layout),
   )
   unroll = family_lib.sample_scan_unroll(config, depth)
   return VarFamilyModel(

@@ -36,6 +36,7 @@ import numpy as np
 
 from varrl_jax import parallel
 from varrl_jax.models import attention as attn_lib
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.schedule import ScaleSchedule
 from varrl_jax.models.transformer import scanned_blocks
 
@@ -63,7 +64,7 @@ class VarConfig:
   remat: str = 'none'
   attention: str = 'plain'
   scan_unroll: int = 1
-  # Dense layers on [B T, d] rows (`models.transformer.resolve_dense_layout`).
+  # Dense layers on [B T, d] rows (`models/rows.py`).
   flat_rows: bool = False
 
   @property
@@ -115,6 +116,7 @@ def _dense(features, axes_in, axes_out, cfg: VarConfig, name: str, bias: bool, a
     param_dtype=cfg.param_dtype,
     kernel_init=_init(nn.initializers.lecun_normal(), *axes_in, *axes_out),
     bias_init=_init(nn.initializers.zeros, *axes_out),
+    dot_general=rows_lib.rows_dot_general if cfg.flat_rows else None,
     name=name,
   )
 
@@ -163,14 +165,11 @@ class VarBlock(nn.Module):
     start = 0 if cache_offset is None else cache_offset
     q_seg = cfg.schedule.scale_index[start : start + x.shape[1]]
     k_seg = cfg.schedule.scale_index[: start + x.shape[1]]
-    # [B, T, ...] <-> the dense layers' layout (`flat_rows`).
-    lead = x.shape[:2]
-    rows = (lambda a: a.reshape(-1, *a.shape[2:])) if cfg.flat_rows else (lambda a: a)
-    back = lambda a: a.reshape(*lead, *a.shape[1:]) if cfg.flat_rows else a  # noqa: E731
+    flat = cfg.flat_rows  # dense layers on [B T, d] rows (`models/rows.py`)
     h = layer_norm(x, cfg.norm_eps) * (1 + s1) + b1
     heads = (cfg.num_heads, cfg.head_dim)
     qkv = _dense((3, *heads), ('embed',), ('qkv', 'heads', 'kv'), cfg, 'qkv', False)
-    qkv = back(qkv(rows(h)))
+    qkv = rows_lib.on_rows(qkv, h, flat)
     q_bias = self.param('q_bias', _init(nn.initializers.zeros, 'heads', 'kv'), heads)
     v_bias = self.param('v_bias', _init(nn.initializers.zeros, 'heads', 'kv'), heads)
     scale_mul = self.param(
@@ -204,14 +203,16 @@ class VarBlock(nn.Module):
     proj = _dense(
       cfg.embed_dim, ('heads', 'kv'), ('embed',), cfg, 'proj', True, (-2, -1)
     )
-    x = _constrain(x + g1 * back(proj(rows(o))), 'batch', 'length', 'embed')
+    x = _constrain(x + g1 * rows_lib.on_rows(proj, o, flat), 'batch', 'length', 'embed')
 
-    h = rows(layer_norm(x, cfg.norm_eps) * (1 + s2) + b2)
-    h = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'fc1', True)(h)
-    h = _dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2', True)(
-      nn.gelu(h, approximate=True)
-    )
-    x = _constrain(x + g2 * back(h), 'batch', 'length', 'embed')
+    def ffn(h):
+      h = _dense(cfg.mlp_dim, ('embed',), ('mlp',), cfg, 'fc1', True)(h)
+      return _dense(cfg.embed_dim, ('mlp',), ('embed',), cfg, 'fc2', True)(
+        nn.gelu(h, approximate=True)
+      )
+
+    h = layer_norm(x, cfg.norm_eps) * (1 + s2) + b2
+    x = _constrain(x + g2 * rows_lib.on_rows(ffn, h, flat), 'batch', 'length', 'embed')
     return x, layer_cache
 
 
@@ -269,10 +270,7 @@ class VarTransformer(nn.Module):
     scale, shift = mod[:, 0][:, None], mod[:, 1][:, None]
     h = layer_norm(x.astype(jnp.float32), self.cfg.norm_eps) * (1 + scale) + shift
     h = h.astype(self.cfg.dtype)
-    if self.cfg.flat_rows:
-      logits = self.head(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:-1], -1)
-    else:
-      logits = self.head(h)
+    logits = rows_lib.on_rows(self.head, h, self.cfg.flat_rows)
     logits = _constrain(logits, 'batch', 'length', 'vocab')
     return logits.astype(jnp.float32)
 
