@@ -39,8 +39,10 @@ host other jobs only slow a run down, and they slow the short matmul and
 the long update differently, so medians are printed beside. XLA's own
 counts (``cost_analysis``) are printed beside: they also count the masked
 scores of 'plain' attention and elementwise work, and a scanned layer
-loop's body once. The CLIs run with malloc on transparent huge pages
-(`varrl_jax.hostenv`); so does this script, and its first line says so. The
+loop's body once. The CLIs run with glibc's malloc on transparent huge pages and, on a
+CPU-only host, on a kept heap (`varrl_jax.hostenv`); so does this script:
+its first line gives the tunables, and each phase its minor page faults per
+update. The
 last lines are ``grpo_step_mfu N.NNx`` (the steps alone, over the cycle)
 and ``rl_update_mfu N.NNx``, the updates' achieved FLOP/s over the peak.
 """
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import statistics
 import time
 
@@ -143,6 +146,7 @@ class Phase:
   update_s: list = dataclasses.field(default_factory=list)
   ref_s: list = dataclasses.field(default_factory=list)
   step_s: list = dataclasses.field(default_factory=list)
+  faults: list = dataclasses.field(default_factory=list)  # minor page faults
 
 
 def phases_of(config, model, method) -> list[Phase]:
@@ -225,7 +229,9 @@ def main(argv):
     for p in phases:
       lp, st, batch = programs[p.name]
       timed_matmul()
+      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       state, r_s, s_s = rl_update(lp, st, ref_params, state, batch, inner)
+      p.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
       p.update_s.append(r_s + sum(s_s))
       p.ref_s.append(r_s)
       p.step_s.extend(s_s)
@@ -236,6 +242,7 @@ def main(argv):
 
   cfg_rows = opts.uses_uncond and opts.policy == 'cfg'
   tunables = os.environ.get('GLIBC_TUNABLES', '') or 'unset (varrl_jax/hostenv.py)'
+  tunables = tunables.replace('glibc.malloc.', '')
   print(
     f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; '
     f'GLIBC_TUNABLES {tunables}'
@@ -275,7 +282,8 @@ def main(argv):
       f'update {update_flops / min(p.update_s) / best_peak:.2f}, step '
       f'{step_flops / min(p.step_s) / best_peak:.2f}; medians: forward '
       f'{fwd / ref / peak:.2f}, step {step_flops / stp / peak:.2f}, update '
-      f'{update_flops / upd / peak:.2f}'
+      f'{update_flops / upd / peak:.2f}; minor page faults per update '
+      f'{med(p.faults):.0f} (median)'
     )
     cyc_flops += p.count * update_flops
     cyc_best += p.count * min(p.update_s)

@@ -1,5 +1,5 @@
-"""`hostenv`: when the command-line entry points re-execute with malloc on
-transparent huge pages, and that they do."""
+"""`hostenv`: when the command-line entry points re-execute with glibc's malloc
+tunables (huge pages; a kept heap on CPU-only hosts), and that they do."""
 
 import os
 import subprocess
@@ -11,28 +11,51 @@ GLIBC = ('glibc', '2.36')
 MADVISE = 'always [madvise] never\n'
 
 
-def test_huge_page_env_adds_the_tunable_once():
-  env = hostenv.huge_page_env({'PATH': '/bin'}, GLIBC, MADVISE)
-  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
+KEEP = ':'.join(hostenv.KEEP_HEAP)
+
+
+def test_malloc_env_adds_each_tunable_once():
+  env = hostenv.malloc_env({'PATH': '/bin'}, GLIBC, MADVISE, cpu_only=True)
+  assert env['GLIBC_TUNABLES'] == f'glibc.malloc.hugetlb=1:{KEEP}'
   assert env['PATH'] == '/bin'
-  # Other tunables are kept.
-  env = hostenv.huge_page_env(
-    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, GLIBC, MADVISE
+  # An accelerator host gets huge pages only.
+  env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=False)
+  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
+  # Other tunables are kept, and one the user set is not overridden.
+  env = hostenv.malloc_env(
+    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, GLIBC, MADVISE, cpu_only=True
   )
-  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
-  # Nothing to do: already re-executed, set by the user, opted out, old or
-  # no glibc, huge pages off or unknown.
-  assert hostenv.huge_page_env(env, GLIBC, MADVISE) is None
-  for environ, libc, thp in (
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, GLIBC, MADVISE),
-    ({'VARRL_MALLOC_HUGETLB': '0'}, GLIBC, MADVISE),
-    ({}, ('glibc', '2.31'), MADVISE),
-    ({}, ('', ''), MADVISE),
-    ({}, GLIBC, 'always madvise [never]\n'),
-    ({}, GLIBC, ''),
+  assert env['GLIBC_TUNABLES'].split(':') == [
+    'glibc.malloc.arena_max=2',
+    'glibc.malloc.hugetlb=1',
+    *hostenv.KEEP_HEAP[1:],
+  ]
+  # Each opt-out drops its part; huge pages need THP enabled.
+  for environ, thp, want in (
+    ({'VARRL_MALLOC_HUGETLB': '0'}, MADVISE, KEEP),
+    ({'VARRL_MALLOC_KEEP': '0'}, MADVISE, 'glibc.malloc.hugetlb=1'),
+    ({}, 'always madvise [never]\n', KEEP),
+    ({}, '', KEEP),
+    ({}, '[always] madvise never', f'glibc.malloc.hugetlb=1:{KEEP}'),
   ):
-    assert hostenv.huge_page_env(environ, libc, thp) is None, (environ, libc, thp)
-  assert hostenv.huge_page_env({}, GLIBC, '[always] madvise never')['GLIBC_TUNABLES']
+    got = hostenv.malloc_env(environ, GLIBC, thp, cpu_only=True)['GLIBC_TUNABLES']
+    assert got == want, (environ, thp)
+  # Nothing to do: already re-executed, all set by the user, both opted out,
+  # old or no glibc.
+  assert hostenv.malloc_env(env, GLIBC, MADVISE, cpu_only=True) is None
+  for environ, libc in (
+    ({'GLIBC_TUNABLES': f'glibc.malloc.hugetlb=0:{KEEP}'}, GLIBC),
+    ({'VARRL_MALLOC_HUGETLB': '0', 'VARRL_MALLOC_KEEP': '0'}, GLIBC),
+    ({}, ('glibc', '2.31')),
+    ({}, ('', '')),
+  ):
+    assert hostenv.malloc_env(environ, libc, MADVISE, cpu_only=True) is None, environ
+
+
+def test_cpu_only_host_follows_jax_platforms():
+  assert hostenv.cpu_only_host({'JAX_PLATFORMS': 'cpu'})
+  assert not hostenv.cpu_only_host({'JAX_PLATFORMS': 'tpu'})
+  assert not hostenv.cpu_only_host({'JAX_PLATFORMS': 'cuda,cpu'})
 
 
 def test_entry_point_reexecutes_with_the_tunable(tmp_path):
@@ -65,14 +88,15 @@ def test_entry_point_reexecutes_with_the_tunable(tmp_path):
   assert out.returncode == 0, out.stderr
   lines = out.stdout.split('\n')
   pid = lines[0]
-  if hostenv.huge_page_env(env) is None:  # this host cannot: ran once, as is
+  want = hostenv.malloc_env(env)
+  if want is None:  # this host cannot: ran once, as is
     assert lines[1].split() == [pid, 'hello']
   else:  # printed its PID twice (before and after the exec), then ran main
     assert lines[1] == pid
-    assert lines[2].split() == [pid, 'glibc.malloc.hugetlb=1', 'hello']
+    assert lines[2].split() == [pid, want['GLIBC_TUNABLES'], 'hello']
   off = subprocess.run(
     [sys.executable, str(script), '--word=x'],
-    env=dict(env, VARRL_MALLOC_HUGETLB='0'),
+    env=dict(env, VARRL_MALLOC_HUGETLB='0', VARRL_MALLOC_KEEP='0'),
     capture_output=True,
     text=True,
   )

@@ -98,12 +98,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=parse_flags)``.
 
   When ``argv`` is the process's own command line, first re-executes the
-  process once with malloc on transparent huge pages (`hostenv`;
-  ``VARRL_MALLOC_HUGETLB=0`` turns it off)."""
+  process once with glibc's malloc on transparent huge pages and, on a
+  CPU-only host, on a kept heap (`hostenv`; ``VARRL_MALLOC_HUGETLB=0`` and
+  ``VARRL_MALLOC_KEEP=0`` turn them off)."""
   if list(argv) == sys.argv:
     from varrl_jax import hostenv
 
-    hostenv.reexec_with_huge_pages()
+    hostenv.reexec_with_malloc_tunables()
   try:
     check_overrides(argv)
     rest = flags.FLAGS(argv)
