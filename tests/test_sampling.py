@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import toy_config
 from varrl_jax import policy as policy_lib
 from varrl_jax import sampling
+from varrl_jax.models.family import build_model
 from varrl_jax.policy import SamplingOptions
 
 PROMPTS = ["a sign that reads 'OPEN'", "a poster that reads 'HOT'", "a label: 'TEA'"]
@@ -78,6 +80,25 @@ def test_kv_cache_matches_recompute(toy, samplers):
   b = s.sample_recompute(params, cond, jax.random.key(9))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_both_cache_layouts_sample_alike(toy, samplers):
+  """``dense_layout`` 'rows' (CPU: keys cached [B, G, D, L], values
+  [B, G, L, D]) and 'batched' ([B, L, G, D], the TPU layout) draw the same
+  tokens with the same log-probs, which equal teacher forcing."""
+  config, model, params = toy
+  assert model.cfg.flat_rows  # the toy model runs the CPU layout
+  c = toy_config()
+  c.model.dense_layout = 'batched'
+  batched = build_model(c)
+  assert not batched.cfg.flat_rows
+  cond = _prompts(model)
+  a = samplers['paper'].sample(params, cond, jax.random.key(4))
+  b = sampling.Sampler(batched, PAPER).sample(params, cond, jax.random.key(4))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  lp = sampling.logprobs(batched, params, cond, b.tokens, PAPER)
+  assert float(jnp.abs(lp - b.logprobs).max()) <= 1e-4
 
 
 def test_branch_shares_the_prefix_and_matches_teacher_forcing(toy, samplers):

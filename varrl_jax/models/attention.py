@@ -333,6 +333,35 @@ def cached_attention(
   return out.transpose(0, 2, 1, 3)
 
 
+def cached_attention_kt(
+  q_bqhd: jnp.ndarray,
+  kt_bgdk: jnp.ndarray,
+  v_bgkd: jnp.ndarray,
+  k_valid: jnp.ndarray,
+  scale: float | None = None,
+) -> jnp.ndarray:
+  """softmax(scale q k^T + mask) v for a cached pass whose queries see every
+  valid key, with keys stored transposed.
+
+  q [B, Tq, H, D] (H = G R: the R query heads of a kv head are adjacent, as
+  in `plain_attention`), keys [B, G, D, Tk], values [B, G, Tk, D], k_valid
+  bool [B, Tk]; returns [B, Tq, H, D]. Both products are plain batched
+  matmuls over (B, G) with the R Tq queries as rows: no copy of the cache.
+  Scores float32; the softmax is normalised after the value product.
+  """
+  b, tq, h, d = q_bqhd.shape
+  g = kt_bgdk.shape[1]
+  r = h // g
+  q = q_bqhd.reshape(b, tq, g, r, d).transpose(0, 2, 3, 1, 4).reshape(b, g, r * tq, d)
+  s = jnp.einsum('bgqd,bgdk->bgqk', q, kt_bgdk, preferred_element_type=jnp.float32)
+  s = s * (d**-0.5 if scale is None else scale)
+  s = jnp.where(k_valid[:, None, None], s, jnp.finfo(jnp.float32).min)
+  e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+  o = jnp.einsum('bgqk,bgkd->bgqd', e.astype(v_bgkd.dtype), v_bgkd)
+  o = (o / e.sum(-1, keepdims=True)).astype(v_bgkd.dtype)
+  return o.reshape(b, g, r, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
+
+
 def attention(impl: str, *args, scale: float | None = None) -> jnp.ndarray:
   """Dispatches to the configured implementation (see module docstring)."""
   if impl == 'plain':

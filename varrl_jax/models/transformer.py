@@ -38,7 +38,7 @@ from varrl_jax.models import text as text_lib
 from varrl_jax.models.family import check_modes
 from varrl_jax.models.schedule import ScaleSchedule
 
-Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: [layers, B, T_t + L, G, D]
+Cache = dict[str, jnp.ndarray]  # {'k', 'v'}: see `init_cache`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,32 @@ class Block(nn.Module):
       return _dense(cfg.d_model, ('mlp',), ('embed',), cfg, 'wo')(nn.silu(gate) * up)
 
     q, k, v = rows_lib.on_rows(qkv, x, flat)
-    if cache_offset is not None:
+    if cache_offset is None:
+      o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
+    elif cfg.flat_rows:
+      # The CPU cache (`init_cache`): keys [B, G, D, L], values [B, G, L, D],
+      # the layouts of the two products, so no per-layer copy of the cache.
+      # A cached pass's queries (the prompt, or one whole scale) see every
+      # valid key written so far.
+      start, end = cache_offset, cache_offset + x.shape[1]
+      ck = jax.lax.dynamic_update_slice(
+        layer_cache['k'],
+        k.transpose(0, 2, 3, 1).astype(layer_cache['k'].dtype),
+        (0, 0, 0, start),
+      )
+      cv = jax.lax.dynamic_update_slice(
+        layer_cache['v'],
+        v.transpose(0, 2, 1, 3).astype(layer_cache['v'].dtype),
+        (0, 0, start, 0),
+      )
+      layer_cache = {'k': ck, 'v': cv}
+      o = attn_lib.cached_attention_kt(
+        q,
+        ck[..., :end].astype(cfg.dtype),
+        cv[:, :, :end].astype(cfg.dtype),
+        k_valid,
+      )
+    else:
       start, end = cache_offset, cache_offset + x.shape[1]
       ck = jax.lax.dynamic_update_slice(
         layer_cache['k'], k.astype(layer_cache['k'].dtype), (0, start, 0, 0)
@@ -158,7 +183,7 @@ class Block(nn.Module):
       )
       layer_cache = {'k': ck, 'v': cv}
       k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
-    o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
+      o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
     out = _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))
     x = _constrain(x + rows_lib.on_rows(out, o, flat), 'batch', 'length', 'embed')
     x = _constrain(x + rows_lib.on_rows(mlp, x, flat), 'batch', 'length', 'embed')
@@ -334,10 +359,20 @@ def sequence_segments(cfg: TransformerConfig, start: int, length: int) -> np.nda
 
 
 def init_cache(cfg: TransformerConfig, batch: int, dtype=None) -> Cache:
-  """An empty KV cache for ``batch`` sequences: [layers, B, T_t + L, G, D]."""
-  shape = (cfg.num_layers, batch, cfg.seq_len, cfg.num_kv_heads, cfg.head_dim)
+  """An empty KV cache for ``batch`` sequences of T_t + L positions: keys and
+  values [layers, B, T_t + L, G, D]; with ``flat_rows`` (the CPU layout)
+  keys [layers, B, G, D, T_t + L] and values [layers, B, G, T_t + L, D]."""
+  n, b, t, g, d = cfg.num_layers, batch, cfg.seq_len, cfg.num_kv_heads, cfg.head_dim
   dtype = cfg.dtype if dtype is None else dtype
-  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+  if cfg.flat_rows:
+    return {
+      'k': jnp.zeros((n, b, g, d, t), dtype),
+      'v': jnp.zeros((n, b, g, t, d), dtype),
+    }
+  return {
+    'k': jnp.zeros((n, b, t, g, d), dtype),
+    'v': jnp.zeros((n, b, t, g, d), dtype),
+  }
 
 
 def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
