@@ -415,16 +415,19 @@ def test_prefix_update_runs_on_the_prefix_positions_only(toy):
   (short, m_short, logp_short), (long, m_long, logp_long) = outs
   np.testing.assert_allclose(m_short['loss'], m_long['loss'], rtol=1e-5)
   np.testing.assert_allclose(logp_short, logp_long[:, :n], atol=1e-5)
-  # Adam divides by sqrt(v): rounding of near-zero gradients shows, bounded.
-  moved = apart = 0.0
-  for a, b, p0 in zip(
-    jax.tree.leaves(short.params),
-    jax.tree.leaves(long.params),
-    jax.tree.leaves(trainer.state.params),
-  ):
-    apart = max(apart, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
-    moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(p0)).max()))
-  assert moved > 1e-4 and apart <= 0.01 * moved, (apart, moved)
+  # The same update: the parameters' change differs by float rounding only.
+  # Measured as a norm over all parameters: Adam divides by sqrt(v), so a
+  # near-zero gradient's rounding (the two batches sum their rows in other
+  # orders) moves its parameter by up to ~lr either way, and one element's
+  # worst case says nothing about the update (max |short - long| is ~1% of
+  # the largest movement, the norm ~0.01% of the update's).
+  flat = lambda tree: np.concatenate(  # noqa: E731
+    [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
+  )
+  p0, a, b = flat(trainer.state.params), flat(short.params), flat(long.params)
+  moved, apart = np.linalg.norm(a - p0), np.linalg.norm(a - b)
+  print(f'update norm {moved:.3e}, short - long {apart:.3e}')
+  assert np.abs(a - p0).max() > 1e-4 and apart <= 1e-3 * moved, (apart, moved)
   # Per-scale metrics cover every scale; the ones past the prefix report 0.
   assert m_short['scale/kl'].shape == (sched.num_scales,)
   np.testing.assert_array_equal(m_short['scale/grad_share'][trainer.method.m + 1 :], 0)
