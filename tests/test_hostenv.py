@@ -18,8 +18,11 @@ def test_malloc_env_adds_each_tunable_once():
   env = hostenv.malloc_env({'PATH': '/bin'}, GLIBC, MADVISE, cpu_only=True)
   assert env['GLIBC_TUNABLES'] == f'glibc.malloc.hugetlb=1:{KEEP}'
   assert env['PATH'] == '/bin'
-  # An accelerator host gets huge pages only.
+  # An accelerator host, or an entry point that only compiles (aot), gets
+  # huge pages only.
   env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=False)
+  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
+  env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=True, keep_heap=False)
   assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
   # Other tunables are kept, and one the user set is not overridden.
   env = hostenv.malloc_env(

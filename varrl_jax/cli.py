@@ -94,17 +94,18 @@ def check_overrides(argv: list[str], flag_name: str = 'config') -> None:
         raise ConfigKeyError(f'unknown config key {key!r} in {arg} ({path}){hint}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], keep_heap: bool = True) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=parse_flags)``.
 
   When ``argv`` is the process's own command line, first re-executes the
   process once with glibc's malloc on transparent huge pages and, on a
-  CPU-only host, on a kept heap (`hostenv`; ``VARRL_MALLOC_HUGETLB=0`` and
+  CPU-only host and unless ``keep_heap`` is False (an entry point that only
+  compiles), on a kept heap (`hostenv`; ``VARRL_MALLOC_HUGETLB=0`` and
   ``VARRL_MALLOC_KEEP=0`` turn them off)."""
   if list(argv) == sys.argv:
     from varrl_jax import hostenv
 
-    hostenv.reexec_with_malloc_tunables()
+    hostenv.reexec_with_malloc_tunables(keep_heap)
   try:
     check_overrides(argv)
     rest = flags.FLAGS(argv)
