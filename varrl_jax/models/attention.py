@@ -298,6 +298,15 @@ CACHED_BLOCK_SCORES = 64 * 1024
 CACHED_BLOCK_PAIRS = 4
 
 
+def _softmax_values(s: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+  """softmax(s) v over the last axis of float32 scores s [..., Tq, Tk] and
+  values v [..., Tk, D], normalised after the value product (one pass less
+  over the scores); in v's dtype."""
+  e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+  o = jnp.einsum('...qk,...kd->...qd', e.astype(v.dtype), v)
+  return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
+
+
 def cached_attention(
   q_bqhd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, scale: float
 ) -> jnp.ndarray:
@@ -317,10 +326,7 @@ def cached_attention(
 
   def block(q, k, v):
     s = jnp.einsum('...qd,...kd->...qk', q, k, preferred_element_type=jnp.float32)
-    s = s * scale
-    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
-    o = jnp.einsum('...qk,...kd->...qd', e.astype(v.dtype), v)
-    return (o / e.sum(-1, keepdims=True)).astype(v.dtype)
+    return _softmax_values(s * scale, v)
 
   pairs = b * h
   if tq * tk <= CACHED_BLOCK_SCORES or pairs % CACHED_BLOCK_PAIRS:
@@ -356,9 +362,7 @@ def cached_attention_kt(
   s = jnp.einsum('bgqd,bgdk->bgqk', q, kt_bgdk, preferred_element_type=jnp.float32)
   s = s * (d**-0.5 if scale is None else scale)
   s = jnp.where(k_valid[:, None, None], s, jnp.finfo(jnp.float32).min)
-  e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
-  o = jnp.einsum('bgqk,bgkd->bgqd', e.astype(v_bgkd.dtype), v_bgkd)
-  o = (o / e.sum(-1, keepdims=True)).astype(v_bgkd.dtype)
+  o = _softmax_values(s, v_bgkd)
   return o.reshape(b, g, r, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
 
 

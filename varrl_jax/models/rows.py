@@ -6,15 +6,16 @@ in a form XLA:CPU runs near its matmul peak (`rows_dot_general`). The
 transformers of every family (ours, `var_official`, `infinity`) take it
 through ``flat_rows`` in their configs (`resolve_dense_layout`).
 
-Why, measured on XLA:CPU (2 cores, f32; docs/design.md "Dense layers on
-rows"): a weight gradient contracting (B, T) of a 3-D input is
-canonicalised with a transposing copy of the [B, T, out] gradient, fused
-into the elementwise op that produces it (tiny's GRPO step: 372 -> 290 ms
-as rows). And the 2-D weight gradient dW = X^T dY, X [N, K], dY [N, F],
-contracts one long axis N into a small [K, F] output: 260-400 GFLOP/s
-against ~490 for the forward product. Splitting N into c chunks and
-contracting (chunk, row) together, ``dW = sum_{c,n} X[c,n,:]^T dY[c,n,:]``,
-runs at 380-480 (`benchmarks/dense_rows.py`).
+Why, measured on XLA:CPU (2 cores, f32; docs/design.md "The GRPO update on
+XLA:CPU", items 2 and 4): a weight gradient contracting (B, T) of a 3-D
+input is canonicalised with a transposing copy of the [B, T, out] gradient,
+fused into the elementwise op that produces it (tiny's GRPO step: 372 ->
+290 ms as rows). And the 2-D weight gradient dW = X^T dY, X [N, K],
+dY [N, F], contracts one long axis N into a small [K, F] output: 250-440
+GFLOP/s against 360-500 for the forward product X W. Splitting N into c
+chunks and contracting (chunk, row) together,
+``dW = sum_{c,n} X[c,n,:]^T dY[c,n,:]``, runs at 350-490
+(`benchmarks/dense_rows.py` on tiny's and VAR-d16's layers).
 """
 
 from __future__ import annotations

@@ -150,44 +150,39 @@ class Block(nn.Module):
     q, k, v = rows_lib.on_rows(qkv, x, flat)
     if cache_offset is None:
       o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
-    elif cfg.flat_rows:
-      # The CPU cache (`init_cache`): keys [B, G, D, L], values [B, G, L, D],
-      # the layouts of the two products, so no per-layer copy of the cache.
-      # A cached pass's queries (the prompt, or one whole scale) see every
-      # valid key written so far.
-      start, end = cache_offset, cache_offset + x.shape[1]
-      ck = jax.lax.dynamic_update_slice(
-        layer_cache['k'],
-        k.transpose(0, 2, 3, 1).astype(layer_cache['k'].dtype),
-        (0, 0, 0, start),
-      )
-      cv = jax.lax.dynamic_update_slice(
-        layer_cache['v'],
-        v.transpose(0, 2, 1, 3).astype(layer_cache['v'].dtype),
-        (0, 0, start, 0),
-      )
-      layer_cache = {'k': ck, 'v': cv}
-      o = attn_lib.cached_attention_kt(
-        q,
-        ck[..., :end].astype(cfg.dtype),
-        cv[:, :, :end].astype(cfg.dtype),
-        k_valid,
-      )
     else:
-      start, end = cache_offset, cache_offset + x.shape[1]
-      ck = jax.lax.dynamic_update_slice(
-        layer_cache['k'], k.astype(layer_cache['k'].dtype), (0, start, 0, 0)
-      )
-      cv = jax.lax.dynamic_update_slice(
-        layer_cache['v'], v.astype(layer_cache['v'].dtype), (0, start, 0, 0)
-      )
-      layer_cache = {'k': ck, 'v': cv}
-      k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
-      o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
+      end = cache_offset + x.shape[1]
+      layer_cache = _write_cache(layer_cache, k, v, cache_offset, cfg.flat_rows)
+      ck, cv = layer_cache['k'], layer_cache['v']
+      if cfg.flat_rows:
+        # A cached pass's queries (the prompt, or one whole scale) see every
+        # valid key written so far.
+        ck, cv = ck[..., :end].astype(cfg.dtype), cv[:, :, :end].astype(cfg.dtype)
+        o = attn_lib.cached_attention_kt(q, ck, cv, k_valid)
+      else:
+        k, v = ck[:, :end].astype(cfg.dtype), cv[:, :end].astype(cfg.dtype)
+        o = attn_lib.attention(cfg.attention, q, k, v, q_seg, k_seg, k_valid)
     out = _dense(cfg.d_model, ('heads', 'kv'), ('embed',), cfg, 'o', axis=(-2, -1))
     x = _constrain(x + rows_lib.on_rows(out, o, flat), 'batch', 'length', 'embed')
     x = _constrain(x + rows_lib.on_rows(mlp, x, flat), 'batch', 'length', 'embed')
     return x, layer_cache
+
+
+def _write_cache(layer_cache: Cache, k, v, start: int, flat_rows: bool) -> Cache:
+  """Writes a pass's keys/values [B, T, G, D] at [start, start + T) of one
+  layer's cache (`init_cache`). With ``flat_rows`` (the CPU layout) keys are
+  kept [B, G, D, L] and values [B, G, L, D], the operands of the two
+  attention products, so no pass copies the cache to transpose it."""
+  if flat_rows:
+    k, v, k_axis, v_axis = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), 3, 2
+  else:
+    k_axis = v_axis = 1
+
+  def put(c, new, axis):
+    at = tuple(start if i == axis else 0 for i in range(c.ndim))
+    return jax.lax.dynamic_update_slice(c, new.astype(c.dtype), at)
+
+  return {'k': put(layer_cache['k'], k, k_axis), 'v': put(layer_cache['v'], v, v_axis)}
 
 
 def scanned_blocks(block, cfg, num_layers: int, name: str):
