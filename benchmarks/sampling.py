@@ -233,9 +233,7 @@ def main(argv):
   other = tokenizer_flops(model, params, batch)
   kv_flops = flops.sample_flops(model.dims, rows)
   if opts.uses_uncond and model.shared_null_prefill:  # B + 1 prefilled rows
-    kv_flops -= (batch - 1) * flops.pass_flops(
-      model.dims, 0, model.dims.prefix_len, False
-    )
+    kv_flops -= (batch - 1) * flops.prefill_flops(model.dims)
   path_flops = {
     'sample': kv_flops + other,
     'recompute': recompute_flops(model.dims, rows) + other,

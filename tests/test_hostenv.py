@@ -11,27 +11,31 @@ GLIBC = ('glibc', '2.36')
 MADVISE = 'always [madvise] never\n'
 
 
-KEEP = ':'.join(hostenv.KEEP_HEAP)
+KEEP = ':'.join(hostenv.keep_heap_tunables(cores=2))
 
 
 def test_malloc_env_adds_each_tunable_once():
-  env = hostenv.malloc_env({'PATH': '/bin'}, GLIBC, MADVISE, cpu_only=True)
+  env = hostenv.malloc_env({'PATH': '/bin'}, GLIBC, MADVISE, cpu_only=True, cores=2)
   assert env['GLIBC_TUNABLES'] == f'glibc.malloc.hugetlb=1:{KEEP}'
   assert env['PATH'] == '/bin'
   # An accelerator host, or an entry point that only compiles (aot), gets
   # huge pages only.
   env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=False)
   assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
-  env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=True, keep_heap=False)
+  env = hostenv.malloc_env({}, GLIBC, MADVISE, cpu_only=True, keep_heap=False, cores=2)
   assert env['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
   # Other tunables are kept, and one the user set is not overridden.
   env = hostenv.malloc_env(
-    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, GLIBC, MADVISE, cpu_only=True
+    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'},
+    GLIBC,
+    MADVISE,
+    cpu_only=True,
+    cores=2,
   )
   assert env['GLIBC_TUNABLES'].split(':') == [
     'glibc.malloc.arena_max=2',
     'glibc.malloc.hugetlb=1',
-    *hostenv.KEEP_HEAP[1:],
+    *hostenv.KEEP_HEAP,
   ]
   # Each opt-out drops its part; huge pages need THP enabled.
   for environ, thp, want in (
@@ -41,18 +45,35 @@ def test_malloc_env_adds_each_tunable_once():
     ({}, '', KEEP),
     ({}, '[always] madvise never', f'glibc.malloc.hugetlb=1:{KEEP}'),
   ):
-    got = hostenv.malloc_env(environ, GLIBC, thp, cpu_only=True)['GLIBC_TUNABLES']
+    got = hostenv.malloc_env(environ, GLIBC, thp, cpu_only=True, cores=2)[
+      'GLIBC_TUNABLES'
+    ]
     assert got == want, (environ, thp)
   # Nothing to do: already re-executed, all set by the user, both opted out,
   # old or no glibc.
-  assert hostenv.malloc_env(env, GLIBC, MADVISE, cpu_only=True) is None
+  assert hostenv.malloc_env(env, GLIBC, MADVISE, cpu_only=True, cores=2) is None
   for environ, libc in (
     ({'GLIBC_TUNABLES': f'glibc.malloc.hugetlb=0:{KEEP}'}, GLIBC),
     ({'VARRL_MALLOC_HUGETLB': '0', 'VARRL_MALLOC_KEEP': '0'}, GLIBC),
     ({}, ('glibc', '2.31')),
     ({}, ('', '')),
   ):
-    assert hostenv.malloc_env(environ, libc, MADVISE, cpu_only=True) is None, environ
+    assert hostenv.malloc_env(environ, libc, MADVISE, cpu_only=True, cores=2) is None, (
+      environ
+    )
+
+
+def test_one_arena_per_thread_that_runs_xla():
+  """The caller and one per core: one arena for all threads serialised malloc
+  (the sampler ~10-30% slower, see `hostenv`)."""
+  assert hostenv.keep_heap_tunables(cores=2) == (
+    'glibc.malloc.arena_max=3',
+    'glibc.malloc.mmap_max=0',
+    f'glibc.malloc.trim_threshold={64 << 30}',
+  )
+  assert hostenv.keep_heap_tunables(cores=16)[0] == 'glibc.malloc.arena_max=17'
+  cores = len(os.sched_getaffinity(0))
+  assert hostenv.keep_heap_tunables()[0] == f'glibc.malloc.arena_max={cores + 1}'
 
 
 def test_cpu_only_host_follows_jax_platforms():

@@ -10,23 +10,26 @@ zeroes. Two glibc tunables (``GLIBC_TUNABLES``, glibc >= 2.35) fix that:
   huge pages on its mappings: tiny's GRPO step went from ~147,000 page faults
   (~570 MiB of 4 KiB pages) to ~800, and from 0.51 to 0.38 s on the
   project's 2-core host. Any host with transparent huge pages.
-- **A kept heap** (``glibc.malloc.arena_max=1``, ``mmap_max=0`` and a 64 GiB
-  ``trim_threshold``): every allocation comes from the one brk heap, which is
-  never given back, so a run reuses the pages of the run before: no page
-  faults per step at all (~1,000 huge-page faults before). The gain is
-  largest where programs of different sizes alternate, as the RL loop's
+- **A kept heap** (``glibc.malloc.mmap_max=0``, a 64 GiB
+  ``trim_threshold``, and ``arena_max`` = cores + 1): large allocations come
+  from heaps that are never given back, so a run reuses the pages of the run
+  before: no page faults per step (~1,000 huge-page faults before). The gain
+  is largest where programs of different sizes alternate, as the RL loop's
   prefix and suffix updates do: tiny's update cycle (benchmarks/grpo_step.py)
-  took 2.27 s median against 2.54-2.69 s with huge pages alone. The process
-  keeps its peak memory until it exits, and one arena serialises malloc
-  across threads, so this is for CPU-only hosts (the CPU backend's own
+  took 2.0-2.1 s median against 2.38-2.69 s with huge pages alone, and
+  VAR-d16's 25-26 s against 33.7 s. The process keeps its peak memory until
+  it exits, so this is for CPU-only hosts (the CPU backend's own
   temporaries); hosts with an accelerator device (`_ACCELERATOR_DEVICES`) or
-  ``JAX_PLATFORMS`` naming another platform do not get it. The one arena
-  slows XLA's multi-threaded compiler: tiny's GRPO programs compile in
-  11.9 s against 8.8 s, and `varrl_jax.aot` (tiny for v5p-8) in 28.1 s
-  against 21.4 s. `aot` only compiles, so it runs without the kept heap
-  (``cli.parse_flags(..., keep_heap=False)``); for the README's main
-  command the compiles cost about what its faster updates save (73-74 s
-  against 71 s wall, max RSS 3.8 against 2.8 GB).
+  ``JAX_PLATFORMS`` naming another platform do not get it.
+  ``arena_max``: one arena per thread that runs XLA's work (the caller and
+  one per core). One arena for all threads (session 16's choice) serialised
+  malloc across them: the KV-cached sampler took 0.079-0.093 s per tiny call
+  against 0.065-0.083 s (benchmarks/sampling.py), tiny's GRPO programs
+  compiled in 9.6 s against 7.9 s, and the README's main command took 68 s
+  against 60 s. XLA's default (8 per core) brought back the faults and a
+  slower suffix update (1.48 against 1.16-1.21 s median). `varrl_jax.aot`
+  only compiles, so it runs without the kept heap
+  (``cli.parse_flags(..., keep_heap=False)``).
 
 ``GLIBC_TUNABLES`` is read once, when the process starts, so the command-line
 entry points (`cli.parse_flags`) execute themselves again, once, with the
@@ -45,11 +48,7 @@ import platform
 import sys
 
 HUGE_PAGES = ('glibc.malloc.hugetlb=1',)
-KEEP_HEAP = (
-  'glibc.malloc.arena_max=1',
-  'glibc.malloc.mmap_max=0',
-  f'glibc.malloc.trim_threshold={64 << 30}',
-)
+KEEP_HEAP = ('glibc.malloc.mmap_max=0', f'glibc.malloc.trim_threshold={64 << 30}')
 OPT_OUT_HUGETLB = 'VARRL_MALLOC_HUGETLB'
 OPT_OUT_KEEP = 'VARRL_MALLOC_KEEP'
 _MARK = 'VARRL_REEXECUTED'
@@ -68,14 +67,28 @@ def cpu_only_host(environ=None) -> bool:
   return not any(glob.glob(pattern) for pattern in _ACCELERATOR_DEVICES)
 
 
+def keep_heap_tunables(cores: int | None = None) -> tuple[str, ...]:
+  """The kept heap's tunables for a host with ``cores`` usable cores
+  (default: this process's CPU affinity)."""
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else 0
+    cores = cores or os.cpu_count() or 1
+  return (f'glibc.malloc.arena_max={cores + 1}', *KEEP_HEAP)
+
+
 def malloc_env(
-  environ=None, libc=None, thp_mode=None, cpu_only=None, keep_heap: bool = True
+  environ=None,
+  libc=None,
+  thp_mode=None,
+  cpu_only=None,
+  keep_heap: bool = True,
+  cores: int | None = None,
 ) -> dict | None:
   """The environment to re-execute with, or None when there is nothing to
   add: not Linux/glibc >= 2.35, opted out or already set, already
   re-executed. Huge pages need transparent huge pages enabled; the kept heap
-  ``keep_heap`` (the caller runs programs, not only compiles them) and a
-  CPU-only host (`cpu_only_host`)."""
+  (`keep_heap_tunables` for ``cores``) ``keep_heap`` (the caller runs
+  programs, not only compiles them) and a CPU-only host (`cpu_only_host`)."""
   environ = os.environ if environ is None else environ
   if environ.get(_MARK):
     return None
@@ -98,7 +111,7 @@ def malloc_env(
       add += HUGE_PAGES
   if keep_heap and environ.get(OPT_OUT_KEEP, '1') != '0':
     if cpu_only_host(environ) if cpu_only is None else cpu_only:
-      add += KEEP_HEAP
+      add += keep_heap_tunables(cores)
   set_keys = {t.split('=')[0] for t in tunables.split(':') if t}
   add = [t for t in add if t.split('=')[0] not in set_keys]
   if not add:

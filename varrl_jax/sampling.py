@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from varrl_jax import parallel
+from varrl_jax import parallel, xla_cpu
 from varrl_jax import policy as policy_lib
 from varrl_jax.models.distributions import draw, filter_logits  # noqa: F401
 from varrl_jax.models.family import Cond, NextScaleModel
@@ -76,6 +76,10 @@ class Sampler:
   on its batch axis), the key replicated; the batch must divide over
   data x fsdp. Inputs are placed on the mesh by the public methods (host
   arrays must then be the same in every process).
+
+  On CPU the programs' convolutions (the decode, the scale residuals) run on
+  XLA's own kernels, ``conv_backend`` 'xla' (`varrl_jax.xla_cpu`; default:
+  ``VARRL_CPU_CONV``, else 'xla'); 'ynn' keeps XLA:CPU's default.
   """
 
   def __init__(
@@ -84,17 +88,24 @@ class Sampler:
     opts: SamplingOptions,
     cache_dtype=None,
     mesh: Mesh | None = None,
+    conv_backend: str | None = None,
   ):
     self.model = model
     self.opts = opts
     self.cache_dtype = cache_dtype
     self.mesh = mesh
     self.trace_count = 0  # incremented at trace time; tests use it
+    # The programs' convolutions (decode, scale residuals) on XLA:CPU's own
+    # kernels where they run on CPU (`varrl_jax.xla_cpu`).
+    options = xla_cpu.program_options(
+      None if mesh is None else mesh.devices.flat, backend=conv_backend
+    )
     if mesh is None:
-      self._sample = jax.jit(self._sample_impl)
-      self._prefix = jax.jit(self._prefix_impl, static_argnums=(3,))
-      self._branch = jax.jit(self._branch_impl, static_argnums=(3, 4))
-      self._recompute = jax.jit(self._recompute_impl)
+      jit = functools.partial(jax.jit, compiler_options=options)
+      self._sample = jit(self._sample_impl)
+      self._prefix = jit(self._prefix_impl, static_argnums=(3,))
+      self._branch = jit(self._branch_impl, static_argnums=(3, 4))
+      self._recompute = jit(self._recompute_impl)
       return
     self._params_sh = parallel.param_shardings(model, mesh)
     self._rep = parallel.replicated(mesh)
@@ -112,7 +123,7 @@ class Sampler:
     )
     start = (self._params_sh, self._cond_sh, self._rep)
     out = (row(2), row(2), row(4))
-    jit = functools.partial(parallel.mesh_jit, mesh=mesh)
+    jit = functools.partial(parallel.mesh_jit, mesh=mesh, compiler_options=options)
     self._sample = jit(self._sample_impl, in_shardings=start, out_shardings=out)
     self._prefix = jit(
       self._prefix_impl,

@@ -82,11 +82,24 @@ def cross_kv_flops(cfg) -> float:
   return cfg.num_layers * 4 * cfg.cross_len * cfg.d_model * cfg.num_heads * cfg.head_dim
 
 
+def prefill_flops(cfg) -> float:
+  """The prompt's pass into the KV cache, one row: every layer but the last
+  in full, and of the last only its keys and values. Its queries, attention,
+  output projection and MLP feed nothing the sampler reads, so the model
+  math does not need them: an unrolled layer stack drops them (XLA removes
+  the dead code), a scanned one runs them anyway (hardware FLOPs, as
+  rematerialisation is)."""
+  if not cfg.prefix_len:
+    return 0.0
+  full = pass_flops(cfg, 0, cfg.prefix_len, head=False)  # linear in the layers
+  last_kv = 4 * cfg.d_model * cfg.num_kv_heads * cfg.head_dim * cfg.prefix_len
+  return full * (cfg.num_layers - 1) / cfg.num_layers + last_kv
+
+
 def sample_flops(cfg, rows: int) -> float:
-  """Prefill, then every scale against the KV cache."""
+  """Prefill (`prefill_flops`), then every scale against the KV cache."""
   sched = cfg.schedule
-  flops = pass_flops(cfg, 0, cfg.prefix_len, head=False) if cfg.prefix_len else 0.0
-  flops += cross_kv_flops(cfg)
+  flops = prefill_flops(cfg) + cross_kv_flops(cfg)
   for s in range(sched.num_scales):
     flops += pass_flops(
       cfg, cfg.prefix_len + int(sched.offsets[s]), int(sched.counts[s]), True

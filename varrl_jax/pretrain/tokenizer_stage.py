@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from varrl_jax import checkpoint
+from varrl_jax import checkpoint, xla_cpu
 from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
@@ -141,8 +141,10 @@ def make_train_step(
   model: NextScaleModel,
   optimizer: optax.GradientTransformation,
   sc: ml_collections.ConfigDict,
+  conv_backend: str | None = None,
 ):
-  """The jitted step ``(state, batch, key) -> (state, metrics)``; donates state."""
+  """The jitted step ``(state, batch, key) -> (state, metrics)``; donates state.
+  Its convolutions run on ``conv_backend`` (`varrl_jax.xla_cpu`)."""
   tokenizer = model.tokenizer
   vocab = tokenizer.codebook_size
   ink_weight = float(sc.ink_weight)
@@ -199,7 +201,8 @@ def make_train_step(
     }
     return TokenizerState(params, opt_state, last_used, state.step + 1), metrics
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  options = xla_cpu.program_options(backend=conv_backend)
+  return jax.jit(step_fn, donate_argnums=(0,), compiler_options=options)
 
 
 def reconstruct_by_scale(model: NextScaleModel, tok_params, images_u8) -> jnp.ndarray:
