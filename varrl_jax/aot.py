@@ -412,6 +412,6 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['config', 'topology'])
-  # Compiling only: no kept malloc heap, whose one arena slows the compiler
-  # (`varrl_jax.hostenv`).
+  # Compiling only: no kept malloc heap, which serves running programs and
+  # with its few arenas slowed the compiler (`varrl_jax.hostenv`).
   app.run(main, flags_parser=functools.partial(cli.parse_flags, keep_heap=False))
