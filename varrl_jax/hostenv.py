@@ -26,7 +26,7 @@ zeroes. Two glibc tunables (``GLIBC_TUNABLES``, glibc >= 2.35) fix that:
   malloc across them: the KV-cached sampler took 0.079-0.093 s per tiny call
   against 0.065-0.083 s (benchmarks/sampling.py), tiny's GRPO programs
   compiled in 9.6 s against 7.9 s, and the README's main command took 68 s
-  against 60 s. XLA's default (8 per core) brought back the faults and a
+  against 60 s. glibc's default (8 per core) brought back the faults and a
   slower suffix update (1.48 against 1.16-1.21 s median). `varrl_jax.aot`
   only compiles, so it runs without the kept heap
   (``cli.parse_flags(..., keep_heap=False)``).

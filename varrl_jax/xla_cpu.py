@@ -3,11 +3,12 @@
 XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the
 YNNPACK library by default (``xla_cpu_experimental_ynn_fusion_type``). On
 the convolutions of this project's tokenizers XLA's own kernels (Eigen) are
-faster: on the project's 2-core host, tiny's decoder convolutions ran at
-380-490 GFLOP/s on Eigen against 250-490 on YNNPACK, and the whole decode of
-8 images took 28 ms against 32 (``python benchmarks/conv_backends.py``,
-which times both in one run). The sampler's programs end in the decode, so
-both samplers (KV-cached and recomputing) are ~10% faster with it.
+faster: on the project's 2-core hosts, tiny's decoder convolutions ran at
+380-490 GFLOP/s on Eigen against 250-490 on YNNPACK, and
+``python benchmarks/conv_backends.py`` (both in one run) measured the decode
+1.10x faster on tiny and 1.24x at the VAR-d16 size, the whole KV-cached
+sampler 1.06x and 1.08x (its programs end in the decode), the tokenizer
+stage's step 1.08x and 0.98x (docs/performance.md, 2026-12-06).
 
 `program_options` gives the ``compiler_options`` of a jit that runs
 convolutions: XLA's default library fusions less the convolutions, on CPU
