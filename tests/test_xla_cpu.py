@@ -27,9 +27,14 @@ def test_program_options_only_for_cpu_programs(monkeypatch):
   assert xla_cpu.program_options([CPU], environ={}) is None
 
 
-def test_a_bad_choice_names_the_variable():
+def test_a_bad_choice_names_its_source():
   with pytest.raises(ValueError, match='VARRL_CPU_CONV must be one of'):
     xla_cpu.conv_backend({'VARRL_CPU_CONV': 'eigen'})
+  # An explicit choice (Sampler's or the tokenizer step's conv_backend) is
+  # checked too, not taken as 'not xla'.
+  with pytest.raises(ValueError, match='conv_backend must be one of'):
+    xla_cpu.program_options([CPU], environ={}, backend='eigen')
+  assert xla_cpu.conv_backend({'VARRL_CPU_CONV': 'ynn'}, backend='xla') == 'xla'
 
 
 def test_xla_convolutions_compute_what_ynnpack_ones_do():

@@ -31,11 +31,16 @@ OPT_OUT = 'VARRL_CPU_CONV'
 CHOICES = ('xla', 'ynn')
 
 
-def conv_backend(environ=None) -> str:
-  """'xla' (the default) or 'ynn', from ``VARRL_CPU_CONV``."""
-  value = (os.environ if environ is None else environ).get(OPT_OUT, 'xla').strip()
+def conv_backend(environ=None, backend: str | None = None) -> str:
+  """'xla' (the default) or 'ynn': ``backend`` if given, else
+  ``VARRL_CPU_CONV``; anything else is a ValueError naming its source."""
+  if backend is not None:
+    value, source = backend, 'conv_backend'
+  else:
+    value = (os.environ if environ is None else environ).get(OPT_OUT, 'xla').strip()
+    source = OPT_OUT
   if value not in CHOICES:
-    raise ValueError(f'{OPT_OUT} must be one of {CHOICES}, got {value!r}')
+    raise ValueError(f'{source} must be one of {CHOICES}, got {value!r}')
   return value
 
 
@@ -45,8 +50,9 @@ def _accepted() -> bool:
   import jax
   import jax.numpy as jnp
 
-  x = jnp.zeros((1, 4, 4, 2), jnp.float32)
-  w = jnp.zeros((3, 3, 2, 2), jnp.float32)
+  cpu = jax.local_devices(backend='cpu')[0]
+  x = jax.device_put(jnp.zeros((1, 4, 4, 2), jnp.float32), cpu)
+  w = jax.device_put(jnp.zeros((3, 3, 2, 2), jnp.float32), cpu)
   conv = functools.partial(
     jax.lax.conv_general_dilated,
     window_strides=(1, 1),
@@ -54,7 +60,7 @@ def _accepted() -> bool:
     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
   )
   try:
-    jax.jit(conv, backend='cpu').lower(x, w).compile({OPTION: WITHOUT_CONV})
+    jax.jit(conv).lower(x, w).compile({OPTION: WITHOUT_CONV})
   except Exception:  # noqa: BLE001 - any refusal means: leave XLA's default
     return False
   return True
@@ -64,11 +70,11 @@ def program_options(devices=None, environ=None, backend: str | None = None):
   """``compiler_options`` for a jit holding convolutions that runs on
   ``devices`` (default: JAX's default devices): XLA's own convolutions on
   CPU, None elsewhere. ``backend`` ('xla' or 'ynn') overrides
-  ``VARRL_CPU_CONV``; 'ynn', or a jaxlib that refuses the option, gives None
-  (XLA's default)."""
+  ``VARRL_CPU_CONV`` (`conv_backend`); 'ynn', or a jaxlib that refuses the
+  option, gives None (XLA's default)."""
   import jax
 
-  if (backend or conv_backend(environ)) != 'xla':
+  if conv_backend(environ, backend) != 'xla':
     return None
   devices = jax.devices() if devices is None else list(devices)
   if not devices or any(d.platform != 'cpu' for d in devices):
