@@ -91,6 +91,40 @@ def test_matmul_weight_grad_equals_xla(kernel, padding, channels):
   np.testing.assert_allclose(dw_ours, dw_t, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+  'kernel,padding,channels',
+  [
+    ((3, 3), 'SAME', (32, 3)),  # the tokenizer's output conv, scaled down
+    ((3, 3), 'VALID', (18, 2)),
+    ((3, 2), ((2, 0), (1, 1)), (12, 2)),
+  ],
+)
+def test_narrow_convolution_is_a_matmul_with_the_same_values(kernel, padding, channels):
+  """kh kw O <= C: one matmul and shifted sums, no convolution in the
+  program; output and both gradients equal XLA's and torch's."""
+  kx, kw = jax.random.split(jax.random.key(7))
+  x = jax.random.normal(kx, (2, 9, 11, channels[0]))
+  w = jax.random.normal(kw, (*kernel, *channels))
+  assert conv_lib.is_narrow(w.shape)
+
+  def ours(x, w):
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    return conv_lib.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+
+  def xla(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
+
+  program = str(jax.make_jaxpr(jax.grad(lambda x, w: ours(x, w).sum(), (0, 1)))(x, w))
+  assert 'conv_general_dilated' not in program and 'dot_general' in program
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-4)
+  for a, b in zip(_grads(ours, x, w), _grads(xla, x, w), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+  y_t, dx_t, dw_t = _torch_conv(x, w, 1, _explicit(padding, kernel))
+  np.testing.assert_allclose(ours(x, w), y_t, rtol=1e-4, atol=1e-4)
+  for a, b in zip(_grads(ours, x, w), (dx_t, dw_t), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
 def test_patches_match_an_hwio_kernel():
   x = jax.random.normal(jax.random.key(1), (1, 4, 5, 2))
   w = jax.random.normal(jax.random.key(2), (3, 3, 2, 3))

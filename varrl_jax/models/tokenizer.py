@@ -33,6 +33,7 @@ import ml_collections
 
 from varrl_jax.models import conv as conv_lib
 from varrl_jax.models import resize
+from varrl_jax.models.norm import GroupNorm
 from varrl_jax.models.schedule import ScaleSchedule
 
 
@@ -45,7 +46,8 @@ def _groups(channels: int) -> int:
 
 def make_conv(features: int, kernel: int, dtype, weight_grad: str) -> nn.Conv:
   """A SAME-padded square convolution; ``weight_grad='matmul'`` takes
-  `conv.conv_general_dilated` (same parameters, faster weight gradient on CPU)."""
+  `conv.conv_general_dilated` (same parameters; on CPU a faster weight
+  gradient, and the decoder's 3-channel output conv as a matmul)."""
   return nn.Conv(
     features,
     (kernel, kernel),
@@ -77,9 +79,9 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = lambda c, k=3: make_conv(c, k, self.dtype, self.weight_grad)  # noqa: E731
-    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+    h = nn.silu(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
     h = conv(self.channels)(h)
-    h = nn.silu(nn.GroupNorm(_groups(self.channels), dtype=self.dtype)(h))
+    h = nn.silu(GroupNorm(_groups(self.channels), dtype=self.dtype)(h))
     h = conv(self.channels)(h)
     if x.shape[-1] != self.channels:
       x = conv(self.channels, 1)(x)
@@ -104,7 +106,7 @@ class Encoder(nn.Module):
       x = conv(self.channels[level + 1])(x)
     for _ in range(self.num_res_blocks):
       x = ResBlock(self.channels[-1], self.dtype, self.weight_grad)(x)
-    x = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+    x = nn.silu(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
     return conv(self.latent_dim)(x)
 
 
@@ -126,7 +128,7 @@ class Decoder(nn.Module):
       x = depth_to_space(x)
       for _ in range(self.num_res_blocks):
         x = ResBlock(self.channels[level], self.dtype, self.weight_grad)(x)
-    x = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+    x = nn.silu(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
     x = conv(self.out_channels, jnp.float32)(x)
     return x.astype(jnp.float32)
 
