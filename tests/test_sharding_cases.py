@@ -251,7 +251,11 @@ def test_shard_explicit_sampler_gives_the_same_tokens():
   b = sharded.sample(single, cond, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+  # The decode's reductions split differently over the mesh: up to one
+  # uint8 level of rounding.
+  np.testing.assert_allclose(
+    np.asarray(a.images, np.int32), np.asarray(b.images, np.int32), atol=1, rtol=0
+  )
   for x in (b.tokens, b.logprobs, b.images):
     assert x.sharding.is_equivalent_to(parallel.batch_sharding(mesh, x.ndim), x.ndim)
 
