@@ -56,12 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.phi_ratio = 0.5  # rho in phi(x) = (1 - rho) x + rho conv(x)
   c.tokenizer.beta = 0.25  # commitment weight
   c.tokenizer.dtype = 'float32'
-  # How the tokenizer's convolutions are computed: 'matmul' (weight gradients
-  # as a matmul over image patches, 1.1-1.3x faster tokenizer steps on CPU,
-  # benchmarks/tokenizer_step.py; and the decoder's 3-channel output conv as a
-  # matmul plus shifted sums, models/conv.py), 'xla', or 'auto' = matmul on
-  # CPU, XLA elsewhere. The same parameters and, up to rounding, the same
-  # numbers.
+  # Convolution weight gradients (tokenizer training only): 'matmul' over image
+  # patches, 'xla', or 'auto' = 'xla' (with XLA:CPU's own convolutions the
+  # matmul measured 0.67-0.71x of XLA's, benchmarks/tokenizer_step.py;
+  # models/conv.py). The same parameters and, up to rounding, the same numbers.
   c.tokenizer.conv_weight_grad = 'auto'
 
   # The model family (varrl_jax/models/family.py): 'varrl' (our text-prefix

@@ -185,9 +185,8 @@ def test_flax_conv_keeps_its_parameters_and_output():
 
 
 def test_resolve_weight_grad():
-  assert conv_lib.resolve_weight_grad('auto') == (
-    'matmul' if jax.default_backend() == 'cpu' else 'xla'
-  )
+  assert conv_lib.resolve_weight_grad('auto') == 'xla'
+  assert conv_lib.resolve_weight_grad('matmul') == 'matmul'
   assert conv_lib.resolve_weight_grad('xla') == 'xla'
   with pytest.raises(ValueError, match='config.tokenizer.conv_weight_grad'):
     conv_lib.resolve_weight_grad('fast')

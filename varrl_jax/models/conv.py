@@ -1,11 +1,12 @@
-"""A convolution whose weight gradient is a matmul over image patches.
+"""The tokenizer's convolutions: a weight gradient as a matmul over image
+patches (opt-in), and narrow convolutions as one matmul.
 
-XLA-CPU computes the forward pass of a 3x3 convolution well but its weight
-gradient dW poorly: at batch 16, 40x160 and 32 -> 32 channels, forward 33 ms
-and forward + dW 390 ms on this project's 2-core host. The patch matmul
-below is steadier but only somewhat faster in the whole tokenizer step:
-``benchmarks/tokenizer_step.py`` measured 1.08x-1.33x over four side-by-side
-runs (medians 1.9-2.3 s vs 2.2-3.0 s per step; XLA's own path varied most).
+XLA-CPU on YNNPACK computed the forward pass of a 3x3 convolution well but
+its weight gradient dW poorly: at batch 16, 40x160 and 32 -> 32 channels,
+forward 33 ms and forward + dW 390 ms on this project's 2-core host
+(2026-11-26). The patch matmul below was steadier and somewhat faster in the
+whole tokenizer step then: ``benchmarks/tokenizer_step.py`` measured
+1.08x-1.33x over four side-by-side runs (see the end of this doc for now).
 For a stride-1 NHWC/HWIO convolution with kernel (kh, kw) and explicit
 padding,
 
@@ -28,13 +29,21 @@ conv, 32 -> 3 on tiny) is one matmul and kh kw shifted sums instead,
 because XLA-CPU's convolution with 3 output channels is memory-bound at a
 few GFLOP/s: 6.2 ms for that conv at batch 8 against 2.9 ms this way
 (2026-12-06, 2-core host; 60 vs 16 ms for 128 -> 3 at 256x256, batch 2).
-Its gradients are matmuls too.
+Its gradients are matmuls too. (As a tensor the product is no wider than
+the input, so on TPU too it costs no more memory than the convolution's
+lane-padded output.)
 
-The tokenizer picks these with ``config.tokenizer.conv_weight_grad``: 'matmul',
-'xla', or 'auto' (the matmul on the CPU backend, XLA's elsewhere: TPU and
-GPU convolutions have fast weight gradients, and the patches cost kh kw
-times the input's memory). RL never differentiates the tokenizer, so this
-only affects tokenizer pretraining.
+The tokenizer's convolutions go through `conv_general_dilated` ('matmul')
+or `conv_general_dilated_xla` ('xla', XLA's weight gradient); both take
+`narrow` for few output channels. The choice is
+``config.tokenizer.conv_weight_grad``: 'matmul', 'xla', or 'auto'. 'auto'
+was the matmul on the CPU backend while XLA-CPU ran convolutions on
+YNNPACK; with XLA's own convolution kernels (`varrl_jax.xla_cpu`, the
+tokenizer stage's default since 2026-12-06) XLA's weight gradient is the
+faster one: ``benchmarks/tokenizer_step.py`` measured the matmul at 0.67x
+-0.71x of it over four runs on a 2-core host (0.95x with
+``VARRL_CPU_CONV=ynn``), so 'auto' is now 'xla' on every backend. RL never
+differentiates the tokenizer, so this only affects tokenizer pretraining.
 """
 
 from __future__ import annotations
@@ -51,14 +60,12 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve_weight_grad(choice: str) -> str:
-  """'auto' -> 'matmul' on the CPU backend, else 'xla'; checks the choice."""
+  """'auto' -> 'xla' (see the module doc); checks the choice."""
   if choice not in WEIGHT_GRADS:
     raise ValueError(
       f'config.tokenizer.conv_weight_grad={choice!r}; expected one of {WEIGHT_GRADS}'
     )
-  if choice == 'auto':
-    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
-  return choice
+  return 'xla' if choice == 'auto' else choice
 
 
 def _plain(x, w, pads, precision):
@@ -103,20 +110,21 @@ _conv_matmul_dw.defvjp(_fwd, _bwd)
 
 def narrow(x, w, pads, precision=None):
   """A stride-1 NHWC/HWIO convolution with explicit ``pads`` as one matmul
-  [B H W, C] x [C, kh kw O] and kh kw shifted sums of its output (for few
-  output channels: see the module doc)."""
+  [B H W, C] x [C, kh kw O] and kh kw shifted sums of its output's channel
+  blocks (for few output channels: see the module doc)."""
   kh, kw, c, o = w.shape
-  b, h, wd, _ = x.shape
+  h, wd = x.shape[1:3]
   ho = h + pads[0][0] + pads[0][1] - kh + 1
   wo = wd + pads[1][0] + pads[1][1] - kw + 1
   taps = w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o)
-  p = jnp.matmul(x, taps, precision=precision).reshape(b, h, wd, kh, kw, o)
-  p = jnp.pad(p, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0), (0, 0), (0, 0)))
-  out = p[:, :ho, :wo, 0, 0]
+  p = jnp.matmul(x, taps, precision=precision)  # [B, H, W, (i, j, o)]
+  p = jnp.pad(p, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  out = None
   for i in range(kh):
     for j in range(kw):
-      if i or j:
-        out = out + p[:, i : i + ho, j : j + wo, i, j]
+      t = (i * kw + j) * o
+      tap = p[:, i : i + ho, j : j + wo, t : t + o]
+      out = tap if out is None else out + tap
   return out
 
 
@@ -134,7 +142,8 @@ def _explicit_pads(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], ...] | N
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def conv_general_dilated(
+def _conv(
+  weight_grad: str,
   lhs,
   rhs,
   window_strides: Sequence[int],
@@ -147,8 +156,8 @@ def conv_general_dilated(
   precision=None,
   preferred_element_type=None,
 ):
-  """``lax.conv_general_dilated`` with the patch-matmul weight gradient, or
-  (few output channels) as `narrow`.
+  """``lax.conv_general_dilated``, as `narrow` for few output channels, else
+  with the patch-matmul weight gradient when ``weight_grad == 'matmul'``.
 
   Used for 2-D, stride-1, undilated, ungrouped NHWC/HWIO convolutions (what
   flax's ``nn.Conv`` issues for the tokenizer); anything else goes to
@@ -165,7 +174,9 @@ def conv_general_dilated(
     and _is_nhwc(dimension_numbers)
   )
   pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[:2]) if simple else None
-  if pads is None:
+  if pads is not None and is_narrow(rhs.shape):
+    return narrow(lhs, rhs, pads, precision)
+  if pads is None or weight_grad != 'matmul':
     return lax.conv_general_dilated(
       lhs,
       rhs,
@@ -179,9 +190,13 @@ def conv_general_dilated(
       precision=precision,
       preferred_element_type=preferred_element_type,
     )
-  if is_narrow(rhs.shape):
-    return narrow(lhs, rhs, pads, precision)
   return _conv_matmul_dw(lhs, rhs, pads, precision)
+
+
+# ``nn.Conv(conv_general_dilated=...)`` for each weight-gradient choice: the
+# same parameters; narrow convolutions as `narrow` in both.
+conv_general_dilated = functools.partial(_conv, 'matmul')
+conv_general_dilated_xla = functools.partial(_conv, 'xla')
 
 
 def _is_nhwc(dimension_numbers) -> bool:

@@ -45,16 +45,18 @@ def _groups(channels: int) -> int:
 
 
 def make_conv(features: int, kernel: int, dtype, weight_grad: str) -> nn.Conv:
-  """A SAME-padded square convolution; ``weight_grad='matmul'`` takes
-  `conv.conv_general_dilated` (same parameters; on CPU a faster weight
-  gradient, and the decoder's 3-channel output conv as a matmul)."""
+  """A SAME-padded square convolution through `conv` (same parameters as
+  ``nn.Conv``): a 3-channel output conv as a matmul, and with
+  ``weight_grad='matmul'`` the patch-matmul weight gradient."""
   return nn.Conv(
     features,
     (kernel, kernel),
     padding='SAME',
     dtype=dtype,
     conv_general_dilated=(
-      conv_lib.conv_general_dilated if weight_grad == 'matmul' else None
+      conv_lib.conv_general_dilated
+      if weight_grad == 'matmul'
+      else conv_lib.conv_general_dilated_xla
     ),
   )
 
