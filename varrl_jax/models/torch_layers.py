@@ -10,12 +10,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from varrl_jax.models import conv as conv_lib
+
 
 def conv(features: int, kernel: int, dtype, name: str, stride: int = 1, pad=None):
-  """torch ``Conv2d(k, padding=k // 2)`` (or explicit ``pad``) as `nn.Conv`."""
+  """torch ``Conv2d(k, padding=k // 2)`` (or explicit ``pad``) as `nn.Conv`
+  (the 3-channel output conv as one matmul: `conv.narrow`)."""
   pad = ((kernel // 2, kernel // 2),) * 2 if pad is None else pad
   return nn.Conv(
-    features, (kernel, kernel), (stride, stride), pad, dtype=dtype, name=name
+    features,
+    (kernel, kernel),
+    (stride, stride),
+    pad,
+    dtype=dtype,
+    name=name,
+    conv_general_dilated=conv_lib.conv_general_dilated_xla,
   )
 
 

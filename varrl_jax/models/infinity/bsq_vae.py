@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from varrl_jax.models.infinity import bsq_quantizer as bq
 from varrl_jax.models.infinity import schedules
+from varrl_jax.models.norm import GroupNorm
 from varrl_jax.models.torch_layers import Resample
 from varrl_jax.models.torch_layers import conv as _conv
 
@@ -61,10 +62,10 @@ def _groups(channels: int) -> int:
   raise ValueError(f'GroupNorm: {channels} channels, not a multiple of 32 or 24')
 
 
-def _norm(channels: int, name: str) -> nn.GroupNorm:
+def _norm(channels: int, name: str) -> GroupNorm:
   # float32 like their autocast (group_norm runs in float32); two-pass
   # variance as torch's.
-  return nn.GroupNorm(
+  return GroupNorm(
     _groups(channels),
     epsilon=1e-6,
     use_fast_variance=False,

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varrl_jax.models import resize
+from varrl_jax.models.norm import GroupNorm
 from varrl_jax.models.torch_layers import Resample
 from varrl_jax.models.torch_layers import conv as _conv
 
@@ -71,10 +72,10 @@ def next_scale_input(f_hat_bhwc: jnp.ndarray, size: int | tuple[int, int]):
   return resize.resize(f_hat_bhwc, size, 'torch_area')
 
 
-def _norm(dtype, name: str) -> nn.GroupNorm:
+def _norm(dtype, name: str) -> GroupNorm:
   # Two-pass variance as torch's: the fast E[x^2] - E[x]^2 loses digits
   # when a group's mean is large against its spread.
-  return nn.GroupNorm(32, epsilon=1e-6, use_fast_variance=False, dtype=dtype, name=name)
+  return GroupNorm(32, epsilon=1e-6, use_fast_variance=False, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
