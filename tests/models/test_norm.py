@@ -19,7 +19,9 @@ def test_group_norm_matches_flax(fast, dtype):
   ours = GroupNorm(8, epsilon=1e-6, dtype=dtype, use_fast_variance=fast)
   theirs = nn.GroupNorm(8, epsilon=1e-6, dtype=dtype, use_fast_variance=fast)
   params = theirs.init(jax.random.key(1), x)
-  assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(params)
+  assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(
+    params
+  )
   # Non-trivial scale and bias.
   params = jax.tree.map(
     lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params
@@ -36,7 +38,9 @@ def test_group_norm_matches_flax(fast, dtype):
       lambda p, x: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32))), (0, 1)
     )(params, x.astype(jnp.float32))
 
-  for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
