@@ -190,3 +190,11 @@ def test_resolve_weight_grad():
   assert conv_lib.resolve_weight_grad('xla') == 'xla'
   with pytest.raises(ValueError, match='config.tokenizer.conv_weight_grad'):
     conv_lib.resolve_weight_grad('fast')
+
+
+def test_for_conv_takes_narrow_convolutions_on_cpu_only(monkeypatch):
+  assert conv_lib.for_conv('matmul') is conv_lib.conv_general_dilated
+  monkeypatch.setattr(conv_lib.jax, 'default_backend', lambda: 'cpu')
+  assert conv_lib.for_conv('xla') is conv_lib.conv_general_dilated_xla
+  monkeypatch.setattr(conv_lib.jax, 'default_backend', lambda: 'tpu')
+  assert conv_lib.for_conv('xla') is None  # flax's own lax convolution

@@ -29,13 +29,13 @@ conv, 32 -> 3 on tiny) is one matmul and kh kw shifted sums instead,
 because XLA-CPU's convolution with 3 output channels is memory-bound at a
 few GFLOP/s: 6.2 ms for that conv at batch 8 against 2.9 ms this way
 (2026-12-06, 2-core host; 60 vs 16 ms for 128 -> 3 at 256x256, batch 2).
-Its gradients are matmuls too. (As a tensor the product is no wider than
-the input, so on TPU too it costs no more memory than the convolution's
-lane-padded output.)
+Its gradients are matmuls too, and the product [B, H, W, kh kw O] is no
+wider than the input.
 
-The tokenizer's convolutions go through `conv_general_dilated` ('matmul')
-or `conv_general_dilated_xla` ('xla', XLA's weight gradient); both take
-`narrow` for few output channels. The choice is
+The tokenizer's convolutions (and those of the VAR and Infinity VAEs) go
+through `for_conv`: `conv_general_dilated` ('matmul') or, on the CPU
+backend, `conv_general_dilated_xla` ('xla', XLA's weight gradient); both
+take `narrow` for few output channels. The choice is
 ``config.tokenizer.conv_weight_grad``: 'matmul', 'xla', or 'auto'. 'auto'
 was the matmul on the CPU backend while XLA-CPU ran convolutions on
 YNNPACK; with XLA's own convolution kernels (`varrl_jax.xla_cpu`, the
@@ -197,6 +197,16 @@ def _conv(
 # same parameters; narrow convolutions as `narrow` in both.
 conv_general_dilated = functools.partial(_conv, 'matmul')
 conv_general_dilated_xla = functools.partial(_conv, 'xla')
+
+
+def for_conv(weight_grad: str = 'xla'):
+  """``nn.Conv``'s ``conv_general_dilated`` for a model built now: the patch
+  matmul with 'matmul'; else `narrow` for few output channels on the CPU
+  backend, and flax's default (None) on TPU and GPU, where it is not
+  measured."""
+  if weight_grad == 'matmul':
+    return conv_general_dilated
+  return conv_general_dilated_xla if jax.default_backend() == 'cpu' else None
 
 
 def _is_nhwc(dimension_numbers) -> bool:

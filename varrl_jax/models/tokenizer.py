@@ -45,19 +45,15 @@ def _groups(channels: int) -> int:
 
 
 def make_conv(features: int, kernel: int, dtype, weight_grad: str) -> nn.Conv:
-  """A SAME-padded square convolution through `conv` (same parameters as
-  ``nn.Conv``): a 3-channel output conv as a matmul, and with
-  ``weight_grad='matmul'`` the patch-matmul weight gradient."""
+  """A SAME-padded square convolution through `conv.for_conv` (same
+  parameters as ``nn.Conv``): on CPU a 3-channel output conv as a matmul,
+  and with ``weight_grad='matmul'`` the patch-matmul weight gradient."""
   return nn.Conv(
     features,
     (kernel, kernel),
     padding='SAME',
     dtype=dtype,
-    conv_general_dilated=(
-      conv_lib.conv_general_dilated
-      if weight_grad == 'matmul'
-      else conv_lib.conv_general_dilated_xla
-    ),
+    conv_general_dilated=conv_lib.for_conv(weight_grad),
   )
 
 

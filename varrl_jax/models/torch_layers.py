@@ -15,7 +15,7 @@ from varrl_jax.models import conv as conv_lib
 
 def conv(features: int, kernel: int, dtype, name: str, stride: int = 1, pad=None):
   """torch ``Conv2d(k, padding=k // 2)`` (or explicit ``pad``) as `nn.Conv`
-  (the 3-channel output conv as one matmul: `conv.narrow`)."""
+  (on CPU the 3-channel output conv as one matmul: `conv.for_conv`)."""
   pad = ((kernel // 2, kernel // 2),) * 2 if pad is None else pad
   return nn.Conv(
     features,
@@ -24,7 +24,7 @@ def conv(features: int, kernel: int, dtype, name: str, stride: int = 1, pad=None
     pad,
     dtype=dtype,
     name=name,
-    conv_general_dilated=conv_lib.conv_general_dilated_xla,
+    conv_general_dilated=conv_lib.for_conv(),
   )
 
 
