@@ -6,7 +6,8 @@ its weight gradient dW poorly: at batch 16, 40x160 and 32 -> 32 channels,
 forward 33 ms and forward + dW 390 ms on this project's 2-core host
 (2026-11-26). The patch matmul below was steadier and somewhat faster in the
 whole tokenizer step then: ``benchmarks/tokenizer_step.py`` measured
-1.08x-1.33x over four side-by-side runs (see the end of this doc for now).
+1.08x-1.33x over four side-by-side runs (the last paragraph says what
+holds now).
 For a stride-1 NHWC/HWIO convolution with kernel (kh, kw) and explicit
 padding,
 

@@ -49,12 +49,13 @@ class GroupNorm(nn.Module):
       return jnp.broadcast_to(grouped, (x.shape[0], g, c // g)).reshape(-1, c)
 
     mean = group_mean(jnp.mean(xf, spatial))
+    centred = xf - mean.reshape(*lead, c)
     if self.use_fast_variance:
       var = jnp.maximum(0.0, group_mean(jnp.mean(xf * xf, spatial)) - mean * mean)
     else:
-      var = group_mean(jnp.mean(jnp.square(xf - mean.reshape(*lead, c)), spatial))
+      var = group_mean(jnp.mean(jnp.square(centred), spatial))
     mul = lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-    y = (xf - mean.reshape(*lead, c)) * mul.reshape(*lead, c)
+    y = centred * mul.reshape(*lead, c)
     y = y + bias.astype(jnp.float32)
     dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
     return y.astype(dtype)
