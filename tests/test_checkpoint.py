@@ -188,3 +188,38 @@ def test_fingerprint_tells_every_change_apart_and_ignores_placement():
   # Same values in another dtype, or under another name.
   assert checkpoint.fingerprint({**tree, 'b': tree['b'].astype(jnp.bfloat16)}) != base
   assert checkpoint.fingerprint({'v': tree['w'], 'b': tree['b']}) != base
+
+
+def test_late_reports_of_abandoned_reads_stay_off_the_log(caplog):
+  """A read still in flight when a failed restore returns dies later: its
+  'exception was never retrieved' must not reach the log then either, while
+  asyncio's other reports still do (the CI failure of session 19)."""
+  import asyncio
+  import gc
+
+  with train_checkpoints._quiet_failed_reads():
+    pass  # the restore that failed
+
+  async def async_deserialize():  # orbax's read coroutine, by its message
+    raise ValueError('DATA_LOSS: Error opening "zarr" driver (tensorstore)')
+
+  async def user_task():
+    raise ValueError('a user task')
+
+  def abandon(coro):
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    loop.run_until_complete(asyncio.sleep(0))  # the task runs and fails
+    loop.close()
+    return task
+
+  caplog.set_level('ERROR', logger='asyncio')
+  task = abandon(async_deserialize())
+  del task
+  gc.collect()
+  assert not [r for r in caplog.records if r.name == 'asyncio']
+  task = abandon(user_task())
+  del task
+  gc.collect()
+  reports = [r.getMessage() for r in caplog.records if r.name == 'asyncio']
+  assert len(reports) == 1 and 'never retrieved' in reports[0], reports

@@ -98,9 +98,15 @@ def fingerprint(tree) -> str:
   return h.hexdigest()
 
 
-class _DropUnretrieved(std_logging.Filter):
+class _DropUnretrievedReads(std_logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' for orbax's reads only."""
+
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return 'exception was never retrieved' not in record.getMessage()
+    message = record.getMessage()
+    return not (
+      'exception was never retrieved' in message
+      and ('orbax' in message or 'tensorstore' in message)
+    )
 
 
 @contextlib.contextmanager
@@ -110,10 +116,11 @@ def _quiet_failed_reads():
   Such a restore leaves tensorstore reads in flight: orbax closes the event
   loop of the call, each read that completes later reports
   RuntimeError('Event loop is closed') through ``sys.unraisablehook``, and
-  the abandoned gather logs 'exception was never retrieved': hundreds of
-  tracebacks around the one-line error. The first are dropped from now on
-  (they may come late; any other report reaches the previous hook), the
-  second while the block runs.
+  each abandoned read task logs 'exception was never retrieved' when it is
+  collected: hundreds of tracebacks around the one-line error. Both kinds
+  may come after the block, when a read that was still in flight completes
+  and dies, so both are dropped from now on; any other report still reaches
+  the previous hook or the 'asyncio' logger.
   """
   previous = sys.unraisablehook
   if not getattr(previous, 'quiet_closed_loop', False):
@@ -125,13 +132,13 @@ def _quiet_failed_reads():
 
     hook.quiet_closed_loop = True
     sys.unraisablehook = hook
-  log, drop = std_logging.getLogger('asyncio'), _DropUnretrieved()
-  log.addFilter(drop)
+  log = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropUnretrievedReads) for f in log.filters):
+    log.addFilter(_DropUnretrievedReads())
   try:
     yield
   finally:
-    gc.collect()  # abandoned futures report now, while filtered
-    log.removeFilter(drop)
+    gc.collect()  # most abandoned tasks report now rather than at exit
 
 
 def _record_problem(step: int, record: Any) -> str | None:
