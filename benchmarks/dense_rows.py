@@ -11,13 +11,17 @@ Per layer shape of the config (attention q, k, v, o; the MLP; the head) the
 two forms are timed alternating in one process (best of ``--repeats``), with
 the forward product X W beside them as the speed the same data allows, and
 the results are checked equal. ``--rows`` sets N (default: a suffix update's
-rows x positions as `benchmarks/grpo_step.py` runs it). The last line is
-``wgrad_chunked_vs_plain N.NNx``: the plain forms' total time over the
-chunked forms'.
+rows x positions as `benchmarks/grpo_step.py` runs it). ``--cpu_dot``
+picks the dots' kernels on CPU (`varrl_jax.xla_cpu`): YNNPACK's (the
+default; where the chunked form was measured faster) or XLA's own, which
+the training programs use since session 20 and where `models.rows` takes
+the plain form. The last line is ``wgrad_chunked_vs_plain N.NNx``: the
+plain forms' total time over the chunked forms'.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -27,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from varrl_jax import cli
+from varrl_jax import cli, xla_cpu
 from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.family import build_model
 
@@ -36,6 +40,9 @@ _ROWS = flags.DEFINE_integer(
   'rows', 0, 'N, the rows of each product (0: see docstring).'
 )
 _REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed calls of each form.')
+_CPU_DOT = flags.DEFINE_enum(
+  'cpu_dot', 'ynn', ['ynn', 'xla'], "The dots' kernels on CPU: YNNPACK's or XLA's."
+)
 
 
 def _best(fn, *args, repeats: int) -> float:
@@ -79,17 +86,21 @@ def main(argv):
   chunks = math.gcd(n, rows_lib.WGRAD_CHUNKS)
   print(
     f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; N = {n} rows, '
-    f'{chunks} chunks (WGRAD_CHUNKS={rows_lib.WGRAD_CHUNKS}); best of {_REPEATS.value}'
+    f'{chunks} chunks (WGRAD_CHUNKS={rows_lib.WGRAD_CHUNKS}); best of {_REPEATS.value}; '
+    f'dots on {_CPU_DOT.value}'
   )
-  plain = jax.jit(lambda x, dy: x.T @ dy)
-  chunked = jax.jit(
+  jit = functools.partial(
+    jax.jit, compiler_options=xla_cpu.program_options(dots=_CPU_DOT.value)
+  )
+  plain = jit(lambda x, dy: x.T @ dy)
+  chunked = jit(
     lambda x, dy: jnp.einsum(
       'cnk,cnf->kf',
       x.reshape(chunks, n // chunks, -1),
       dy.reshape(chunks, n // chunks, -1),
     )
   )
-  forward = jax.jit(lambda x, w: x @ w)
+  forward = jit(lambda x, w: x @ w)
   total = {'plain': 0.0, 'chunked': 0.0}
   seen = set()
   for name, k, f in layer_shapes(dims, model.vocab_size):

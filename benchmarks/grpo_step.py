@@ -42,9 +42,15 @@ scores of 'plain' attention and elementwise work, and a scanned layer
 loop's body once. The CLIs run with glibc's malloc on transparent huge pages and, on a
 CPU-only host, on a kept heap (`varrl_jax.hostenv`); so does this script:
 its first line gives the tunables, and each phase its minor page faults per
-update. The
-last lines are ``grpo_step_mfu N.NNx`` (the steps alone, over the cycle)
-and ``rl_update_mfu N.NNx``, the updates' achieved FLOP/s over the peak.
+update.
+
+On CPU the programs' dots run on XLA's own kernels (`varrl_jax.xla_cpu`);
+``--cpu_dot=both`` compiles every program twice, with XLA's dots and with
+YNNPACK's, alternates their updates in each repeat and prints
+``xla_dots_vs_ynn_dots`` (the cycle's best time on YNNPACK over its best on
+XLA) before the headline, which is XLA's. The last lines are
+``grpo_step_mfu N.NNx`` (the steps alone, over the cycle) and
+``rl_update_mfu N.NNx``, the updates' achieved FLOP/s over the peak.
 """
 
 from __future__ import annotations
@@ -80,6 +86,14 @@ _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed (update, matmul) pairs.')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Side of the f32 peak matmul.')
 _PHASE = flags.DEFINE_enum(
   'phase', 'cycle', ['cycle', 'prefix', 'suffix', 'full'], 'Which updates to time.'
+)
+_CPU_DOT = flags.DEFINE_enum(
+  'cpu_dot',
+  'default',
+  ['default', 'xla', 'ynn', 'both'],
+  "Kernels of the programs' dots on CPU (`varrl_jax.xla_cpu`): the programs' "
+  "default ('xla' unless VARRL_CPU_DOT says otherwise), XLA's own, YNNPACK's, "
+  'or both, alternating in one run (the headline is the first, xla).',
 )
 
 
@@ -183,40 +197,46 @@ def main(argv):
   inner = rl.inner_updates
   opts = SamplingOptions.from_config(config.sampling)
   method = Method.from_config(config, model)
-  phases = phases_of(config, model, method)
+  choice = _CPU_DOT.value
+  variants = {'both': ['xla', 'ynn'], 'default': [None]}.get(choice, [choice])
+  runs = {v: phases_of(config, model, method) for v in variants}
   params = model.init(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(params['transformer']))
   optimizer = grpo.make_optimizer(rl)
-  step_fn = grpo.make_train_step(
-    model, opts, grpo.GrpoHParams.from_config(rl), optimizer, method.alpha
-  )
-  logprob_fn = grpo.make_logprob_fn(model, opts)
+  hp = grpo.GrpoHParams.from_config(rl)
   # The reference is a copy: the step donates the state's params.
   ref_params = jax.tree.map(jnp.copy, params['transformer'])
   state = grpo.init_state(params['transformer'], optimizer)
   sched = model.schedule
   stages = vmr.phase_stages(sched, method.m)[0]
-  programs, xla = {}, {}
+  batches, programs, xla = {}, {}, {}
   t0 = time.perf_counter()
-  for p in phases:
+  for p in runs[variants[0]]:
     n = int(sched.offsets[p.num_scales])
     weights = panw.token_weights(sched, method.alpha, stages[p.name][0])
-    batch = make_batch(model, params, p.rows, n, weights, jax.random.key(1))
-    ref_args = (ref_params, batch['cond'], batch['inputs'], batch['tokens'])
-    lp = logprob_fn.lower(*ref_args).compile()
-    st = step_fn.lower(state, batch).compile()
-    programs[p.name] = (lp, st, batch)
-    xla[p.name] = (_xla_flops(lp), _xla_flops(st))
+    batches[p.name] = make_batch(model, params, p.rows, n, weights, jax.random.key(1))
+  for v in variants:
+    step_fn = grpo.make_train_step(
+      model, opts, hp, optimizer, method.alpha, dot_backend=v
+    )
+    logprob_fn = grpo.make_logprob_fn(model, opts, dot_backend=v)
+    for name, batch in batches.items():
+      ref_args = (ref_params, batch['cond'], batch['inputs'], batch['tokens'])
+      lp = logprob_fn.lower(*ref_args).compile()
+      st = step_fn.lower(state, batch).compile()
+      programs[v, name] = (lp, st)
+      xla[name] = (_xla_flops(lp), _xla_flops(st))
   compile_s = time.perf_counter() - t0
 
   n = _MATMUL_N.value
   a = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
-  for p in phases:
-    lp, st, batch = programs[p.name]
-    for _ in range(_WARMUP.value):
-      state, _, _ = rl_update(lp, st, ref_params, state, batch, inner)
+  for v in variants:
+    for name, batch in batches.items():
+      lp, st = programs[v, name]
+      for _ in range(_WARMUP.value):
+        state, _, _ = rl_update(lp, st, ref_params, state, batch, inner)
   matmul_s = []
 
   def timed_matmul():
@@ -226,16 +246,17 @@ def main(argv):
 
   load = os.getloadavg()  # a shared host: say how busy it was
   for _ in range(_REPEATS.value):
-    for p in phases:
-      lp, st, batch = programs[p.name]
-      timed_matmul()
-      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      state, r_s, s_s = rl_update(lp, st, ref_params, state, batch, inner)
-      p.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
-      p.update_s.append(r_s + sum(s_s))
-      p.ref_s.append(r_s)
-      p.step_s.extend(s_s)
-      timed_matmul()
+    for v in variants:
+      for p in runs[v]:
+        lp, st = programs[v, p.name]
+        timed_matmul()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        state, r_s, s_s = rl_update(lp, st, ref_params, state, batches[p.name], inner)
+        p.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+        p.update_s.append(r_s + sum(s_s))
+        p.ref_s.append(r_s)
+        p.step_s.extend(s_s)
+        timed_matmul()
   med = statistics.median
   peak = 2 * n**3 / med(matmul_s)
   best_peak = 2 * n**3 / min(matmul_s)
@@ -263,6 +284,35 @@ def main(argv):
       'note: XLA counts a scanned loop body once; '
       f'--config.model.scan_unroll={dims.num_layers} makes its count cover every layer'
     )
+  totals = {}
+  for v in variants:
+    if v is not None:
+      print(f'== dots on {"XLA" if v == "xla" else "YNNPACK"} kernels (--cpu_dot={v})')
+    totals[v] = report(runs[v], model, inner, cfg_rows, xla, peak, best_peak)
+  print(
+    f'matmul peak ({n}^3 f32, interleaved with the updates): median '
+    f'{peak / 1e9:.1f} GFLOP/s (best {best_peak / 1e9:.1f}); load average '
+    f'{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after the timed updates'
+  )
+  if len(variants) > 1:
+    (_, x_best, x_med, _, _), (_, y_best, y_med, _, _) = totals['xla'], totals['ynn']
+    print(
+      f'xla_dots_vs_ynn_dots {y_best / x_best:.2f}x (best updates; medians '
+      f'{y_med / x_med:.2f}x)'
+    )
+  cyc_flops, cyc_best, cyc_med, step_flops_c, step_best = totals[variants[0]]
+  print(f'medians: update MFU {cyc_flops / cyc_med / peak:.2f}')
+  # Other jobs only ever slow a run down, and they slow the short matmul
+  # probe and the long update differently (medians gave MFU > 1 on a shared
+  # host): the headline compares the fastest of each.
+  print(f'grpo_step_mfu {step_flops_c / step_best / best_peak:.2f}x')
+  print(f'rl_update_mfu {cyc_flops / cyc_best / best_peak:.2f}x')
+
+
+def report(phases, model, inner, cfg_rows, xla, peak, best_peak):
+  """Prints each phase's lines; returns the cycle's (model FLOPs, best and
+  median seconds, the steps' model FLOPs and best seconds)."""
+  med, dims = statistics.median, model.dims
   cyc_flops = cyc_best = cyc_med = step_flops_c = step_best = 0.0
   for p in phases:
     eff_rows = p.rows * (2 if cfg_rows else 1)
@@ -270,8 +320,9 @@ def main(argv):
     step_flops = flops.train_flops(dims, eff_rows, p.num_scales, remat=False)
     update_flops = flops.rl_update_flops(dims, eff_rows, p.num_scales, inner)
     upd, stp, ref = med(p.update_s), med(p.step_s), med(p.ref_s)
+    positions = dims.prefix_len + int(model.schedule.offsets[p.num_scales])
     print(
-      f'{p.name} x{p.count} per cycle: {p.rows} rows x {dims.prefix_len + int(sched.offsets[p.num_scales])} '
+      f'{p.name} x{p.count} per cycle: {p.rows} rows x {positions} '
       f'positions ({p.num_scales} scales); model GFLOP forward {fwd / 1e9:.2f} (XLA '
       f'{xla[p.name][0] / 1e9:.2f}), step {step_flops / 1e9:.2f} (XLA '
       f'{xla[p.name][1] / 1e9:.2f}), update {update_flops / 1e9:.2f}'
@@ -290,23 +341,13 @@ def main(argv):
     cyc_med += p.count * upd
     step_flops_c += p.count * inner * step_flops
     step_best += p.count * inner * min(p.step_s)
-  print(
-    f'matmul peak ({n}^3 f32, interleaved with the updates): median '
-    f'{peak / 1e9:.1f} GFLOP/s (best {best_peak / 1e9:.1f}); load average '
-    f'{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after the timed updates'
-  )
   if len(phases) > 1:
     print(
       f'cycle ({" + ".join(f"{p.count} {p.name}" for p in phases)}): '
       f'{cyc_flops / 1e9:.1f} GFLOP in {cyc_best:.2f} s (best; medians {cyc_med:.2f} s) '
       f'-> {cyc_flops / cyc_best / 1e9:.1f} GFLOP/s'
     )
-  print(f'medians: update MFU {cyc_flops / cyc_med / peak:.2f}')
-  # Other jobs only ever slow a run down, and they slow the short matmul
-  # probe and the long update differently (medians gave MFU > 1 on a shared
-  # host): the headline compares the fastest of each.
-  print(f'grpo_step_mfu {step_flops_c / step_best / best_peak:.2f}x')
-  print(f'rl_update_mfu {cyc_flops / cyc_best / best_peak:.2f}x')
+  return cyc_flops, cyc_best, cyc_med, step_flops_c, step_best
 
 
 if __name__ == '__main__':

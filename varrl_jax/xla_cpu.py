@@ -1,21 +1,30 @@
-"""Per-program XLA:CPU options: convolutions on XLA's own kernels.
+"""Per-program XLA:CPU options: which kernels run convolutions and dots.
 
 XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the
 YNNPACK library by default (``xla_cpu_experimental_ynn_fusion_type``). On
-the convolutions of this project's tokenizers XLA's own kernels (Eigen) are
-faster: on the project's 2-core hosts, tiny's decoder convolutions ran at
-380-490 GFLOP/s on Eigen against 250-490 on YNNPACK, and
-``python benchmarks/conv_backends.py`` (both in one run) measured the decode
-1.10x faster on tiny and 1.24x at the VAR-d16 size, the whole KV-cached
-sampler 1.06x and 1.08x (its programs end in the decode), the tokenizer
-stage's step 1.08x and 0.98x (docs/performance.md, 2026-12-06).
+this project's programs XLA's own kernels (Eigen) are faster for two of
+them:
 
-`program_options` gives the ``compiler_options`` of a jit that runs
-convolutions: XLA's default library fusions less the convolutions, on CPU
-devices only (a TPU or GPU program gets none). The option is experimental:
-where the installed jaxlib refuses it (probed once, by compiling a small
-convolution with it), nothing is set. ``VARRL_CPU_CONV=ynn`` keeps XLA's
-default.
+- **Convolutions**, in every program: on the project's 2-core hosts, tiny's
+  decoder convolutions ran at 380-490 GFLOP/s on Eigen against 250-490 on
+  YNNPACK, and ``python benchmarks/conv_backends.py`` (both in one run)
+  measured the decode 1.10x faster on tiny and 1.24x at the VAR-d16 size,
+  the whole KV-cached sampler 1.06x and 1.08x (its programs end in the
+  decode), the tokenizer stage's step 1.08x and 0.98x (docs/performance.md,
+  2026-12-06).
+- **Dots, in the teacher-forced training programs** (the GRPO step, the
+  reference log-probs, the transformer pretraining step: ``train=True``):
+  thousands of rows per matmul, where ``python benchmarks/grpo_step.py
+  --cpu_dot=both`` measured the RL update faster on Eigen (docs/
+  performance.md, session 20). The samplers' dots (a few rows per scale
+  step) keep YNNPACK: there the two measured the same.
+
+`program_options` gives a jit's ``compiler_options``: XLA's default library
+fusions less the ones moved to Eigen, on CPU devices only (a TPU or GPU
+program gets none). The option is experimental: where the installed jaxlib
+refuses it (probed once, by compiling a small convolution with it), nothing
+is set. ``VARRL_CPU_CONV`` and ``VARRL_CPU_DOT`` ('xla' or 'ynn') override
+the choices for every program; 'ynn' for both keeps XLA's default.
 """
 
 from __future__ import annotations
@@ -24,24 +33,37 @@ import functools
 import os
 
 OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+REDUCE = 'LIBRARY_FUSION_TYPE_REDUCE'
+DOT = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+CONV = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
 # XLA:CPU's default library fusions (individual dots, reductions and
-# convolutions), less the convolutions.
-WITHOUT_CONV = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+# convolutions), less the convolutions: the samplers' and tokenizers' choice.
+WITHOUT_CONV = f'{DOT},{REDUCE}'
 OPT_OUT = 'VARRL_CPU_CONV'
+DOT_ENV = 'VARRL_CPU_DOT'
 CHOICES = ('xla', 'ynn')
+
+
+def _choice(environ, name: str, value: str | None, source: str, default: str) -> str:
+  if value is None:
+    value = (os.environ if environ is None else environ).get(name, default).strip()
+    source = name
+  if value not in CHOICES:
+    raise ValueError(f'{source} must be one of {CHOICES}, got {value!r}')
+  return value
 
 
 def conv_backend(environ=None, backend: str | None = None) -> str:
   """'xla' (the default) or 'ynn': ``backend`` if given, else
   ``VARRL_CPU_CONV``; anything else is a ValueError naming its source."""
-  if backend is not None:
-    value, source = backend, 'conv_backend'
-  else:
-    value = (os.environ if environ is None else environ).get(OPT_OUT, 'xla').strip()
-    source = OPT_OUT
-  if value not in CHOICES:
-    raise ValueError(f'{source} must be one of {CHOICES}, got {value!r}')
-  return value
+  return _choice(environ, OPT_OUT, backend, 'conv_backend', 'xla')
+
+
+def dot_backend(environ=None, backend: str | None = None, train: bool = False) -> str:
+  """'xla' or 'ynn' for a program's dots: ``backend`` if given, else
+  ``VARRL_CPU_DOT``, else 'xla' for a training program (``train``) and
+  'ynn' for the others; anything else is a ValueError naming its source."""
+  return _choice(environ, DOT_ENV, backend, 'dot_backend', 'xla' if train else 'ynn')
 
 
 @functools.cache
@@ -66,17 +88,37 @@ def _accepted() -> bool:
   return True
 
 
-def program_options(devices=None, environ=None, backend: str | None = None):
-  """``compiler_options`` for a jit holding convolutions that runs on
-  ``devices`` (default: JAX's default devices): XLA's own convolutions on
-  CPU, None elsewhere. ``backend`` ('xla' or 'ynn') overrides
-  ``VARRL_CPU_CONV`` (`conv_backend`); 'ynn', or a jaxlib that refuses the
-  option, gives None (XLA's default)."""
+def program_options(
+  devices=None,
+  environ=None,
+  backend: str | None = None,
+  *,
+  dots: str | None = None,
+  train: bool = False,
+):
+  """``compiler_options`` for a jit that runs on ``devices`` (default: JAX's
+  default devices): XLA's own convolutions (`conv_backend`; ``backend``
+  overrides ``VARRL_CPU_CONV``) and, for a teacher-forced training program
+  (``train``), XLA's own dots (`dot_backend`; ``dots`` overrides
+  ``VARRL_CPU_DOT``), on CPU only; None elsewhere, where both libraries are
+  'ynn' (XLA's default), or where the jaxlib refuses the option."""
   import jax
 
-  if conv_backend(environ, backend) != 'xla':
+  conv = conv_backend(environ, backend)
+  dot = dot_backend(environ, dots, train)
+  if conv == dot == 'ynn':
     return None
   devices = jax.devices() if devices is None else list(devices)
   if not devices or any(d.platform != 'cpu' for d in devices):
     return None
-  return {OPTION: WITHOUT_CONV} if _accepted() else None
+  kept = [DOT] * (dot == 'ynn') + [REDUCE] + [CONV] * (conv == 'ynn')
+  return {OPTION: ','.join(kept)} if _accepted() else None
+
+
+def dots_of(options) -> str:
+  """Which kernels run the dots of a program compiled with ``options``
+  (`program_options`' result): 'xla' where they leave YNNPACK's dots out,
+  else 'ynn' (XLA:CPU's default; also what None means on CPU)."""
+  if not options or OPTION not in options:
+    return 'ynn'
+  return 'ynn' if DOT in options[OPTION].split(',') else 'xla'

@@ -50,6 +50,35 @@ def test_rows_dot_general_value_and_gradients(x_shape, w_shape, chunks):
   assert float(jnp.abs(dw).max()) > 0.1
 
 
+@pytest.mark.parametrize('chunks, want', [(1, 1), (4, 4), (5, 1), (32, 16)])
+def test_weight_grad_chunks_sets_the_contraction(chunks, want):
+  """Inside `weight_grad_chunks(c)` the weight gradient contracts gcd(N, c)
+  chunks of N = 48 rows (1: the plain 2-D X^T dY), with the same values;
+  outside it `WGRAD_CHUNKS` again. `chunks_for` picks 1 on XLA's dots."""
+  x, w, ct = _rand(0, (48, 6)), _rand(1, (6, 5)), _rand(2, (48, 5))
+  dims = (((1,), (0,)), ((), ()))
+
+  def loss(x, w):
+    return jnp.sum(rows_lib.rows_dot_general(x, w, dims) * ct)
+
+  def jaxpr():  # a new function each time: jit's cache keys on the function
+    return str(jax.make_jaxpr(jax.grad(lambda x, w: loss(x, w), argnums=1))(x, w))
+
+  with rows_lib.weight_grad_chunks(chunks):
+    inside = jaxpr()
+    dw = jax.grad(lambda x, w: loss(x, w), argnums=1)(x, w)
+  np.testing.assert_allclose(dw, np.float64(x).T @ np.float64(ct), rtol=1e-5, atol=1e-5)
+  # The chunked form reshapes X to [c, N / c, K]; the plain one does not.
+  assert (f'f32[{want},{48 // want},6]' in inside) == (want > 1), inside
+  assert 'f32[16,3,6]' in jaxpr()
+  assert 'f32[4,12,6]' in rows_lib.traced_with_chunks(jaxpr, 4)()
+  assert rows_lib.chunks_for('xla') == 1
+  assert rows_lib.chunks_for('ynn') == rows_lib.WGRAD_CHUNKS
+  with pytest.raises(ValueError, match='chunks must be >= 1'):
+    with rows_lib.weight_grad_chunks(0):
+      pass
+
+
 def test_rows_dot_general_leaves_other_contractions_to_lax():
   """Batched inputs, batch dimensions, a precision: lax.dot_general as is."""
   x, w = _rand(0, (2, 5, 6)), _rand(1, (6, 4))

@@ -10,16 +10,25 @@ Why, measured on XLA:CPU (2 cores, f32; docs/design.md "The GRPO update on
 XLA:CPU", items 2 and 4): a weight gradient contracting (B, T) of a 3-D
 input is canonicalised with a transposing copy of the [B, T, out] gradient,
 fused into the elementwise op that produces it (tiny's GRPO step: 372 ->
-290 ms as rows). And the 2-D weight gradient dW = X^T dY, X [N, K],
-dY [N, F], contracts one long axis N into a small [K, F] output: 250-440
-GFLOP/s against 360-500 for the forward product X W. Splitting N into c
-chunks and contracting (chunk, row) together,
-``dW = sum_{c,n} X[c,n,:]^T dY[c,n,:]``, runs at 350-490
+290 ms as rows). And on YNNPACK's dots the 2-D weight gradient
+dW = X^T dY, X [N, K], dY [N, F], contracting one long axis N into a small
+[K, F] output ran at 250-440 GFLOP/s against 360-500 for the forward
+product X W; splitting N into c chunks and contracting (chunk, row)
+together, ``dW = sum_{c,n} X[c,n,:]^T dY[c,n,:]``, ran at 350-490
 (`benchmarks/dense_rows.py` on tiny's and VAR-d16's layers).
+
+On XLA's own (Eigen) dots, which the training programs use on CPU since
+session 20 (`varrl_jax.xla_cpu`), the chunked form costs a transposing copy
+of X per layer and the plain X^T dY is faster (`benchmarks/dense_rows.py
+--cpu_dot=xla`). A training program therefore traces its layers inside
+`weight_grad_chunks`, with the chunk count that suits its dot library:
+`chunks_for` gives 1 (plain) on XLA's dots, `WGRAD_CHUNKS` on YNNPACK's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable
@@ -30,8 +39,43 @@ from jax import lax
 
 DENSE_LAYOUTS = ('auto', 'rows', 'batched')
 
-# The chunks of the row axis in a weight gradient: gcd(N, WGRAD_CHUNKS).
+# The chunks of the row axis in a weight gradient on YNNPACK's dots:
+# gcd(N, WGRAD_CHUNKS).
 WGRAD_CHUNKS = 16
+_CHUNKS = contextvars.ContextVar('weight_grad_chunks', default=WGRAD_CHUNKS)
+
+
+def chunks_for(dot_backend: str) -> int:
+  """The weight-gradient chunks that suit a program whose dots run on
+  ``dot_backend`` ('xla' or 'ynn', `varrl_jax.xla_cpu.dot_backend`)."""
+  return 1 if dot_backend == 'xla' else WGRAD_CHUNKS
+
+
+@contextlib.contextmanager
+def weight_grad_chunks(chunks: int):
+  """Layers traced inside contract their weight gradients over gcd(N,
+  ``chunks``) chunks of their rows (1: the plain X^T dY); outside, over
+  gcd(N, `WGRAD_CHUNKS`). The count is read when a layer is traced, and jit
+  caches a trace by its function: trace each setting through its own
+  function (`traced_with_chunks` makes one)."""
+  if chunks < 1:
+    raise ValueError(f'weight-gradient chunks must be >= 1, got {chunks}')
+  token = _CHUNKS.set(int(chunks))
+  try:
+    yield
+  finally:
+    _CHUNKS.reset(token)
+
+
+def traced_with_chunks(fn: Callable, chunks: int) -> Callable:
+  """``fn`` traced inside ``weight_grad_chunks(chunks)`` (to be jitted)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with weight_grad_chunks(chunks):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def resolve_dense_layout(choice: str) -> bool:
@@ -76,11 +120,14 @@ def _matmul_bwd(chunks, res, dy_nf):
   x_nk, w_kf = res
   n, k = x_nk.shape
   dx = (dy_nf @ w_kf.T).astype(x_nk.dtype)
-  dw = jnp.einsum(
-    'cnk,cnf->kf',
-    x_nk.reshape(chunks, n // chunks, k),
-    dy_nf.reshape(chunks, n // chunks, -1),
-  )
+  if chunks == 1:
+    dw = lax.dot_general(x_nk, dy_nf, (((0,), (0,)), ((), ())))
+  else:
+    dw = jnp.einsum(
+      'cnk,cnf->kf',
+      x_nk.reshape(chunks, n // chunks, k),
+      dy_nf.reshape(chunks, n // chunks, -1),
+    )
   return dx, dw.astype(w_kf.dtype)
 
 
@@ -91,8 +138,8 @@ def rows_dot_general(
   lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None
 ):
   """`lax.dot_general` of rows [N, *K] by a kernel [*K, *F] -> [N, *F], with
-  the weight gradient contracted over gcd(N, `WGRAD_CHUNKS`) chunks of N
-  (the module docstring). Any other contraction, a precision or an element
+  the weight gradient contracted over gcd(N, chunks) chunks of N, chunks
+  as `weight_grad_chunks` sets it (the module docstring). Any other contraction, a precision or an element
   type goes to `lax.dot_general` unchanged. For ``nn.DenseGeneral``'s
   ``dot_general``."""
   (lc, rc), (lb, rb) = dimension_numbers
@@ -112,5 +159,5 @@ def rows_dot_general(
     )
   n, k = lhs.shape[0], math.prod(lhs.shape[1:])
   features = rhs.shape[nk:]
-  out = _matmul(lhs.reshape(n, k), rhs.reshape(k, -1), math.gcd(n, WGRAD_CHUNKS))
+  out = _matmul(lhs.reshape(n, k), rhs.reshape(k, -1), math.gcd(n, _CHUNKS.get()))
   return out.reshape(n, *features)

@@ -23,10 +23,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from varrl_jax import checkpoint, sampling
+from varrl_jax import checkpoint, sampling, xla_cpu
 from varrl_jax import images as images_lib
 from varrl_jax.data import batches as batches_lib
 from varrl_jax.data import synthetic
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models import text as text_lib
 from varrl_jax.models.family import NextScaleModel, build_model
 from varrl_jax.policy import SamplingOptions
@@ -93,7 +94,13 @@ def make_train_step(
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
     return TransformerState(params, opt_state, state.step + 1), metrics
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  # XLA:CPU's own kernels for its dots and the tokenizer's convolutions, and
+  # the weight gradients that suit those dots (`models.rows`).
+  options = xla_cpu.program_options(train=True)
+  step_fn = rows_lib.traced_with_chunks(
+    step_fn, rows_lib.chunks_for(xla_cpu.dots_of(options))
+  )
+  return jax.jit(step_fn, donate_argnums=(0,), compiler_options=options)
 
 
 def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:

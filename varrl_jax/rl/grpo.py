@@ -55,8 +55,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from varrl_jax import parallel
+from varrl_jax import parallel, xla_cpu
 from varrl_jax import policy as policy_lib
+from varrl_jax.models import rows as rows_lib
 from varrl_jax.models.family import NextScaleModel
 from varrl_jax.policy import SamplingOptions
 from varrl_jax.rl import lora as lora_lib
@@ -213,6 +214,7 @@ def make_train_step(
   alpha: float,
   mesh: Mesh | None = None,
   lora: lora_lib.Lora | None = None,
+  dot_backend: str | None = None,
 ):
   """The jitted ``train_step(state, batch) -> (state, metrics, logp)``.
 
@@ -232,6 +234,9 @@ def make_train_step(
   shardings, replicated metrics, logp by rows. Inputs must carry these
   shardings (or be uncommitted). Without a mesh it is jitted plainly (one
   device, or shardings inferred from the inputs).
+
+  On CPU its dots run on XLA's own kernels unless ``dot_backend`` (or
+  ``VARRL_CPU_DOT``) says 'ynn' (`xla_cpu.program_options`).
   """
   sched = model.schedule
   onehot = jnp.asarray(np.eye(sched.num_scales, dtype=np.float32)[sched.scale_index])
@@ -379,8 +384,13 @@ def make_train_step(
       ).sum() / jnp.maximum(w.sum(), 1e-12)
     return new_state, metrics, logp
 
+  options = _train_options(mesh, dot_backend)
+  # Weight gradients in the form that suits the dots' kernels (`models.rows`).
+  train_step = rows_lib.traced_with_chunks(
+    train_step, rows_lib.chunks_for(xla_cpu.dots_of(options))
+  )
   if mesh is None:
-    return jax.jit(train_step, donate_argnums=(0,))
+    return jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
   state_sh = state_shardings(model, optimizer, mesh, lora)
   rows = parallel.batch_sharding(mesh, 1)
   in_sh = (state_sh, batch_shardings(mesh, model, hp.decoupled))
@@ -392,6 +402,14 @@ def make_train_step(
     in_shardings=in_sh,
     out_shardings=(state_sh, parallel.replicated(mesh), rows),
     donate_argnums=(0,),
+    compiler_options=options,
+  )
+
+
+def _train_options(mesh: Mesh | None, dot_backend: str | None):
+  """A teacher-forced program's XLA:CPU options (`xla_cpu.program_options`)."""
+  return xla_cpu.program_options(
+    None if mesh is None else mesh.devices.flat, dots=dot_backend, train=True
   )
 
 
@@ -440,13 +458,16 @@ def state_shardings(
 
 
 def make_logprob_fn(
-  model: NextScaleModel, opts: SamplingOptions, mesh: Mesh | None = None
+  model: NextScaleModel,
+  opts: SamplingOptions,
+  mesh: Mesh | None = None,
+  dot_backend: str | None = None,
 ):
   """Jitted teacher-forced log-probs from precomputed inputs (reference policy).
 
   ``fn(transformer_params, cond, inputs [B, L, C], tokens [B, L, ...]) -> logp
   [B, L]``. With a ``mesh``: params by the logical rules, every other
-  argument and the output by rows.
+  argument and the output by rows. Dots as in `make_train_step`.
   """
 
   def fn(transformer_params, cond, inputs, tokens):
@@ -455,8 +476,9 @@ def make_logprob_fn(
     )
     return model.dist.token_logprobs(logits, tokens)
 
+  options = _train_options(mesh, dot_backend)
   if mesh is None:
-    return jax.jit(fn)
+    return jax.jit(fn, compiler_options=options)
   params = parallel.param_shardings(model, mesh)['transformer']
   row = functools.partial(parallel.batch_sharding, mesh)
   return parallel.mesh_jit(
@@ -469,4 +491,5 @@ def make_logprob_fn(
       row(2),
     ),
     out_shardings=row(2),
+    compiler_options=options,
   )
