@@ -29,6 +29,7 @@ import time
 
 import jax
 import numpy as np
+import tokenizer_setup
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,29 +52,8 @@ def _tokenizer_step(config, model, backend: str, batch_size: int):
   train."""
   if model.family != 'varrl':
     return None
-  from varrl_jax.data import batches as batches_lib
-  from varrl_jax.data import synthetic
-  from varrl_jax.pretrain import loop
-  from varrl_jax.pretrain import tokenizer_stage as stage
-
-  sc = config.pretrain.tokenizer
-  optimizer, _ = loop.make_optimizer(sc)
-  step = stage.make_train_step(model, optimizer, sc, conv_backend=backend)
-
-  def init():  # the step donates its state: fresh buffers each call
-    params = model.init_part(jax.random.key(config.seed), 'tokenizer')
-    return stage.init_state(model, optimizer, params, sc.trainable)
-
-  batch = next(
-    batches_lib.synthetic_batches(
-      'train',
-      model.schedule.image_size,
-      config.pretrain.data_seed,
-      batch_size,
-      variety=synthetic.Variety.from_config(config.data),
-    )
-  )
-  return step, init, batch
+  step, init = tokenizer_setup.tokenizer_step(config, model, conv_backend=backend)
+  return step, init, tokenizer_setup.train_batch(config, model, batch_size)
 
 
 def main(argv):

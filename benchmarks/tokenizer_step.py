@@ -23,14 +23,12 @@ import time
 
 import jax
 import numpy as np
+import tokenizer_setup
 from absl import app, flags
 from ml_collections import config_flags
 
 from varrl_jax import cli
-from varrl_jax.data import batches as batches_lib
-from varrl_jax.data import synthetic
 from varrl_jax.models.family import build_model
-from varrl_jax.pretrain import loop
 from varrl_jax.pretrain import tokenizer_stage as stage
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
@@ -42,20 +40,11 @@ _REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed steps of each variant.')
 
 
 def build(config, weight_grad: str, trainable: str):
-  """(jitted step, initial state) for one weight-gradient choice."""
+  """(jitted step, initial state factory) for one weight-gradient choice."""
   config = config.copy_and_resolve_references()
   config.tokenizer.conv_weight_grad = weight_grad
   config.pretrain.tokenizer.trainable = trainable
-  model = build_model(config)
-  sc = config.pretrain.tokenizer
-  optimizer, _ = loop.make_optimizer(sc)
-
-  def init():
-    # Fresh buffers each time: the step donates its state.
-    params = model.init_part(jax.random.key(config.seed), 'tokenizer')
-    return stage.init_state(model, optimizer, params, trainable)
-
-  return stage.make_train_step(model, optimizer, sc), init
+  return tokenizer_setup.tokenizer_step(config, build_model(config))
 
 
 def main(argv):
@@ -63,15 +52,7 @@ def main(argv):
   config = _CONFIG.value
   model = build_model(config)
   pc = config.pretrain
-  batch = next(
-    batches_lib.synthetic_batches(
-      'train',
-      model.schedule.image_size,
-      pc.data_seed,
-      pc.tokenizer.batch_size,
-      variety=synthetic.Variety.from_config(config.data),
-    )
-  )
+  batch = tokenizer_setup.train_batch(config, model, pc.tokenizer.batch_size)
   key = jax.random.key(0)
   variants = {w: build(config, w, _TRAINABLE.value) for w in ('xla', 'matmul')}
 
