@@ -15,9 +15,11 @@ them:
 - **Dots, in the teacher-forced training programs** (the GRPO step, the
   reference log-probs, the transformer pretraining step: ``train=True``):
   thousands of rows per matmul, where ``python benchmarks/grpo_step.py
-  --cpu_dot=both`` measured the RL update faster on Eigen (docs/
-  performance.md, session 20). The samplers' dots (a few rows per scale
-  step) keep YNNPACK: there the two measured the same.
+  --cpu_dot=both`` measured tiny's RL update 1.27x faster on Eigen (medians
+  1.10x; docs/performance.md, session 20). Eigen wants long products: at
+  VAR-d16 width an update of 2 rows x 78 positions ran 18% slower on it
+  (`VARRL_CPU_DOT=ynn` suits such runs). The samplers' dots (a few rows per
+  scale step) keep YNNPACK: there the two measured alike.
 
 `program_options` gives a jit's ``compiler_options``: XLA's default library
 fusions less the ones moved to Eigen, on CPU devices only (a TPU or GPU

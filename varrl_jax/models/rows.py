@@ -139,9 +139,9 @@ def rows_dot_general(
 ):
   """`lax.dot_general` of rows [N, *K] by a kernel [*K, *F] -> [N, *F], with
   the weight gradient contracted over gcd(N, chunks) chunks of N, chunks
-  as `weight_grad_chunks` sets it (the module docstring). Any other contraction, a precision or an element
-  type goes to `lax.dot_general` unchanged. For ``nn.DenseGeneral``'s
-  ``dot_general``."""
+  as `weight_grad_chunks` sets it (the module docstring). Any other
+  contraction, a precision or an element type goes to `lax.dot_general`
+  unchanged. For ``nn.DenseGeneral``'s ``dot_general``."""
   (lc, rc), (lb, rb) = dimension_numbers
   nk = len(lc)
   plain = (
