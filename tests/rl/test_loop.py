@@ -419,15 +419,20 @@ def test_prefix_update_runs_on_the_prefix_positions_only(toy):
   # Measured as a norm over all parameters: Adam divides by sqrt(v), so a
   # near-zero gradient's rounding (the two batches sum their rows in other
   # orders) moves its parameter by up to ~lr either way, and one element's
-  # worst case says nothing about the update (max |short - long| is ~1% of
-  # the largest movement, the norm ~0.01% of the update's).
+  # worst case says nothing about the update. Measured: the norm 0.01% of
+  # the update's with YNNPACK's dots and chunked weight gradients, 0.14%
+  # with XLA's dots and plain ones (session 20), all of it in the text
+  # embedding rows and positions whose gradients are rounding noise; the
+  # transformer layers' weights, whose gradients are clear, agree to 3e-6.
   flat = lambda tree: np.concatenate(  # noqa: E731
     [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
   )
   p0, a, b = flat(trainer.state.params), flat(short.params), flat(long.params)
   moved, apart = np.linalg.norm(a - p0), np.linalg.norm(a - b)
   print(f'update norm {moved:.3e}, short - long {apart:.3e}')
-  assert np.abs(a - p0).max() > 1e-4 and apart <= 1e-3 * moved, (apart, moved)
+  assert np.abs(a - p0).max() > 1e-4 and apart <= 5e-3 * moved, (apart, moved)
+  layers = [short.params['params']['layers'], long.params['params']['layers']]
+  np.testing.assert_allclose(*(flat(x) for x in layers), rtol=0, atol=2e-5)
   # Per-scale metrics cover every scale; the ones past the prefix report 0.
   assert m_short['scale/kl'].shape == (sched.num_scales,)
   np.testing.assert_array_equal(m_short['scale/grad_share'][trainer.method.m + 1 :], 0)

@@ -268,7 +268,9 @@ def test_trainer_reference_resume_and_export(toy, pool, tmp_path):
     merged['transformer']['params']['layers']['q']['kernel'],
     params['transformer']['params']['layers']['q']['kernel'],
   )
-  in_training = jax.jit(lambda b, a, *xs: logp_fn(t.lora.merge(b, a), *xs))(
+  # Inside another jit: the log-probs compiled without compiler options.
+  nested_fn = grpo.make_logprob_fn(model, t.opts, nestable=True)
+  in_training = jax.jit(lambda b, a, *xs: nested_fn(t.lora.merge(b, a), *xs))(
     params['transformer'], t.state.params, *args
   )
   np.testing.assert_allclose(

@@ -462,12 +462,16 @@ def make_logprob_fn(
   opts: SamplingOptions,
   mesh: Mesh | None = None,
   dot_backend: str | None = None,
+  nestable: bool = False,
 ):
   """Jitted teacher-forced log-probs from precomputed inputs (reference policy).
 
   ``fn(transformer_params, cond, inputs [B, L, C], tokens [B, L, ...]) -> logp
   [B, L]``. With a ``mesh``: params by the logical rules, every other
-  argument and the output by rows. Dots as in `make_train_step`.
+  argument and the output by rows. On CPU its dots run on XLA's own
+  kernels as `make_train_step`'s do, unless ``dot_backend`` (or
+  ``VARRL_CPU_DOT``) says 'ynn'; ``nestable=True`` compiles it without
+  compiler options, so that it can be called inside another jit.
   """
 
   def fn(transformer_params, cond, inputs, tokens):
@@ -476,7 +480,8 @@ def make_logprob_fn(
     )
     return model.dist.token_logprobs(logits, tokens)
 
-  options = _train_options(mesh, dot_backend)
+  # jax refuses compiler options on a jit called inside another jit.
+  options = None if nestable else _train_options(mesh, dot_backend)
   if mesh is None:
     return jax.jit(fn, compiler_options=options)
   params = parallel.param_shardings(model, mesh)['transformer']
