@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from varrl_jax import xla_cpu
 from varrl_jax.models import rows as rows_lib
 
 
@@ -72,6 +73,10 @@ def test_weight_grad_chunks_sets_the_contraction(chunks, want):
   assert (f'f32[{want},{48 // want},6]' in inside) == (want > 1), inside
   assert 'f32[16,3,6]' in jaxpr()
   assert 'f32[4,12,6]' in rows_lib.traced_with_chunks(jaxpr, 4)()
+  # A program's compiler options pick the form: XLA's dots, plain.
+  eigen = {xla_cpu.OPTION: xla_cpu.REDUCE}
+  assert 'f32[16,3,6]' not in rows_lib.traced_for_program(jaxpr, eigen)()
+  assert 'f32[16,3,6]' in rows_lib.traced_for_program(jaxpr, None)()
   assert rows_lib.chunks_for('xla') == 1
   assert rows_lib.chunks_for('ynn') == rows_lib.WGRAD_CHUNKS
   with pytest.raises(ValueError, match='chunks must be >= 1'):

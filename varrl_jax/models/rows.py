@@ -21,8 +21,9 @@ On XLA's own (Eigen) dots, which the training programs use on CPU since
 session 20 (`varrl_jax.xla_cpu`), the chunked form costs a transposing copy
 of X per layer and the plain X^T dY is faster (`benchmarks/dense_rows.py
 --cpu_dot=xla`). A training program therefore traces its layers inside
-`weight_grad_chunks`, with the chunk count that suits its dot library:
-`chunks_for` gives 1 (plain) on XLA's dots, `WGRAD_CHUNKS` on YNNPACK's.
+`weight_grad_chunks`, with the chunk count that suits its dot library
+(`traced_for_program`): `chunks_for` gives 1 (plain) on XLA's dots,
+`WGRAD_CHUNKS` on YNNPACK's.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from varrl_jax import xla_cpu
 
 DENSE_LAYOUTS = ('auto', 'rows', 'batched')
 
@@ -76,6 +79,12 @@ def traced_with_chunks(fn: Callable, chunks: int) -> Callable:
       return fn(*args, **kwargs)
 
   return wrapped
+
+
+def traced_for_program(fn: Callable, compiler_options) -> Callable:
+  """``fn`` traced with the weight-gradient chunks that suit the dots of a
+  program compiled with ``compiler_options`` (`xla_cpu.program_options`)."""
+  return traced_with_chunks(fn, chunks_for(xla_cpu.dots_of(compiler_options)))
 
 
 def resolve_dense_layout(choice: str) -> bool:

@@ -97,9 +97,7 @@ def make_train_step(
   # XLA:CPU's own kernels for its dots and the tokenizer's convolutions, and
   # the weight gradients that suit those dots (`models.rows`).
   options = xla_cpu.program_options(train=True)
-  step_fn = rows_lib.traced_with_chunks(
-    step_fn, rows_lib.chunks_for(xla_cpu.dots_of(options))
-  )
+  step_fn = rows_lib.traced_for_program(step_fn, options)
   return jax.jit(step_fn, donate_argnums=(0,), compiler_options=options)
 
 

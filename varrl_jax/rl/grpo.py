@@ -386,9 +386,7 @@ def make_train_step(
 
   options = _train_options(mesh, dot_backend)
   # Weight gradients in the form that suits the dots' kernels (`models.rows`).
-  train_step = rows_lib.traced_with_chunks(
-    train_step, rows_lib.chunks_for(xla_cpu.dots_of(options))
-  )
+  train_step = rows_lib.traced_for_program(train_step, options)
   if mesh is None:
     return jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
   state_sh = state_shardings(model, optimizer, mesh, lora)
